@@ -1,0 +1,502 @@
+"""Sparse attention patterns: the one source of truth for every stage.
+
+A :class:`Pattern` is a *description* of which (query, key) pairs may interact, in the
+spirit of FlexAttention's ``mask_mod``: it answers the element question for any index
+tensors (``p.allows(q_idx, kv_idx, head)``) and it knows its block structure from its
+parameters, so ``block_kinds`` at n = 131072 never builds an n x n tensor.
+
+Factories (the papers they come from):
+
+* ``dense``, ``causal``                  -- Vaswani et al. 2017, "Attention Is All You Need"
+* ``sliding_window``, ``dilated_window``,
+  ``longformer``                         -- Beltagy et al. 2020, "Longformer" (arXiv:2004.05150)
+* ``bigbird``                            -- Zaheer et al. 2020, "Big Bird" (arXiv:2007.14062)
+
+How block kinds are found without an n x n tensor:
+
+* Window-like patterns depend only on the offset d = i - j (a Toeplitz mask). A tile
+  covering queries [qs, qe] and keys [ks, ke] contains exactly the offsets
+  [qs - ke, qe - ks], every one of them; a prefix sum over the 2n - 1 offsets then tells
+  whether none, some or all of a tile's offsets are allowed.
+* Global tokens are whole rows and columns: a tile is full when its query block or key
+  block holds only global tokens, empty when neither holds one.
+* BigBird is a mask over blocks of its own size; a tile of any other size covers a
+  rectangle of those blocks, summed with a 2-D prefix sum.
+* ``p1 | p2`` and ``p1 & p2`` combine kinds tile by tile; where the combination cannot
+  tell (two partial tiles), the tile is refined exactly with ``allows``. Those tiles are
+  few (the band's edges), so the cost stays O(n * w).
+
+Kinds: 0 = empty (skip), 1 = partial (needs the element mask), 2 = full (no mask needed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+# Tiles refined with `allows` per chunk: bounds memory at chunk * block_size^2 booleans.
+_REFINE_CHUNK_ELEMENTS = 1 << 24
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected {name} to be a positive int, got {value!r}")
+    return value
+
+
+def _check_even_window(window: object) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0 or window % 2:
+        raise ValueError(
+            f"expected window to be an even int > 0 (w/2 keys each side), got {window!r}"
+        )
+    return window
+
+
+def _block_bounds(seq_len: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last token index of every block; the last block may be short."""
+    starts = torch.arange(0, seq_len, block_size)
+    ends = torch.clamp(starts + block_size - 1, max=seq_len - 1)
+    return starts, ends
+
+
+class Pattern:
+    """Which (query i, key j) pairs attend: a description, materialized only on demand."""
+
+    def __init__(self, seq_len: int, num_heads: int | None = None):
+        self.seq_len = _check_positive_int("seq_len", seq_len)
+        # None: one mask shared by every head; an int: a mask per head.
+        self.num_heads = num_heads
+        self._kinds_cache: dict[int, torch.Tensor] = {}
+
+    # ---- the element question -------------------------------------------------------
+    def allows(self, q_idx, kv_idx, head=0) -> torch.Tensor:
+        """Bool tensor, broadcast over the shapes of q_idx, kv_idx (and head)."""
+        q_idx, kv_idx = torch.as_tensor(q_idx), torch.as_tensor(kv_idx)
+        return self._allows(q_idx, kv_idx, torch.as_tensor(head))
+
+    def _allows(self, q_idx: torch.Tensor, kv_idx: torch.Tensor, head: torch.Tensor):
+        raise NotImplementedError  # every concrete pattern below defines it
+
+    def to_mask_mod(self) -> Callable:
+        """FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` wrapping the same predicate."""
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return self._allows(q_idx, kv_idx, h)
+
+        return mask_mod
+
+    # ---- materialized views (teaching sizes) ----------------------------------------
+    @property
+    def mask(self) -> torch.Tensor:
+        """Bool (n, n), or (H, n, n) for a per-head pattern. Costs n^2: small n only."""
+        n = self.seq_len
+        q = torch.arange(n).view(n, 1)
+        k = torch.arange(n).view(1, n)
+        if self.num_heads is None:
+            return self._allows(q, k, torch.tensor(0)).expand(n, n).clone()
+        heads = torch.arange(self.num_heads).view(-1, 1, 1)
+        return self._allows(q, k, heads).expand(self.num_heads, n, n).clone()
+
+    @property
+    def density(self) -> float:
+        """Allowed pairs / n^2 (averaged over heads for a per-head pattern)."""
+        return self.allowed_pairs() / (self.seq_len**2 * (self.num_heads or 1))
+
+    def allowed_pairs(self, block_size: int = 128) -> int:
+        """Number of allowed (query, key) pairs, summed over heads, from the block kinds."""
+        kinds = self._kinds_with_heads(block_size)
+        starts, ends = _block_bounds(self.seq_len, block_size)
+        sizes = ends - starts + 1
+        area = sizes.view(-1, 1) * sizes.view(1, -1)  # (nb, nb) tokens per tile
+        total = int((area * (kinds == FULL)).sum())
+        partial = (kinds == PARTIAL).nonzero()
+        for tile_mask, _ in self._tile_masks(partial, block_size):
+            total += int(tile_mask.sum())
+        return total
+
+    # ---- block structure ------------------------------------------------------------
+    def block_kinds(self, block_size: int) -> torch.Tensor:
+        """int8 (nb, nb) or (H, nb, nb): 0 empty, 1 partial, 2 full; nb = ceil(n / bs)."""
+        block_size = _check_positive_int("block_size", block_size)
+        if block_size not in self._kinds_cache:
+            self._kinds_cache[block_size] = self._block_kinds(block_size).to(torch.int8)
+        return self._kinds_cache[block_size]
+
+    def block_layout(self, block_size: int) -> torch.Tensor:
+        """Bool (nb, nb) or (H, nb, nb): True where a tile holds at least one allowed pair."""
+        return self.block_kinds(block_size) != EMPTY
+
+    def num_blocks(self, block_size: int) -> int:
+        return math.ceil(self.seq_len / block_size)
+
+    def _block_kinds(self, block_size: int) -> torch.Tensor:
+        raise NotImplementedError  # every concrete pattern below defines it
+
+    def _kinds_with_heads(self, block_size: int) -> torch.Tensor:
+        kinds = self.block_kinds(block_size)
+        return kinds if kinds.dim() == 3 else kinds.unsqueeze(0)
+
+    def _tile_masks(self, tiles: torch.Tensor, block_size: int):
+        """Yield (bool (T, bs, bs) element masks, tiles) for rows (head, qb, kb) of `tiles`.
+
+        Positions past seq_len (in a short last block) come out False.
+        """
+        n = self.seq_len
+        offsets = torch.arange(block_size)
+        chunk = max(1, _REFINE_CHUNK_ELEMENTS // block_size**2)
+        for part in tiles.split(chunk):
+            head = part[:, 0].view(-1, 1, 1)
+            q = (part[:, 1] * block_size).view(-1, 1, 1) + offsets.view(1, -1, 1)
+            k = (part[:, 2] * block_size).view(-1, 1, 1) + offsets.view(1, 1, -1)
+            inside = (q < n) & (k < n)
+            allowed = self._allows(q.clamp(max=n - 1), k.clamp(max=n - 1), head)
+            yield allowed & inside, part
+
+    def _refine(self, kinds: torch.Tensor, unsure: torch.Tensor, block_size: int):
+        """Replace kinds where `unsure` by the exact kind, checked pair by pair."""
+        kinds = kinds.clone()
+        squeeze = kinds.dim() == 2
+        kinds3, unsure3 = (kinds.unsqueeze(0), unsure.unsqueeze(0)) if squeeze else (kinds, unsure)
+        tiles = unsure3.nonzero()
+        n = self.seq_len
+        offsets = torch.arange(block_size)
+        for tile_mask, part in self._tile_masks(tiles, block_size):
+            q_valid = (part[:, 1:2] * block_size + offsets.view(1, -1)) < n  # (T, bs)
+            k_valid = (part[:, 2:3] * block_size + offsets.view(1, -1)) < n
+            valid = q_valid.unsqueeze(2) & k_valid.unsqueeze(1)
+            count = tile_mask.flatten(1).sum(1)
+            exact = torch.where(
+                count == 0, EMPTY, torch.where(count == valid.flatten(1).sum(1), FULL, PARTIAL)
+            )
+            kinds3[part[:, 0], part[:, 1], part[:, 2]] = exact.to(kinds3.dtype)
+        return kinds3.squeeze(0) if squeeze else kinds3
+
+    # ---- composition ----------------------------------------------------------------
+    def __or__(self, other: Pattern) -> Pattern:
+        return Union(self, other)
+
+    def __and__(self, other: Pattern) -> Pattern:
+        return Intersection(self, other)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seq_len={self.seq_len})"
+
+
+class OffsetPattern(Pattern):
+    """A mask that depends only on the offset d = i - j (dense, causal, windows)."""
+
+    def __init__(self, seq_len: int, allowed_offset: Callable, code: str):
+        super().__init__(seq_len)
+        self.allowed_offset = allowed_offset  # bool tensor of offsets -> bool tensor
+        self.code = code  # the factory call that builds it, for repr and export
+
+    def _allows(self, q_idx, kv_idx, head):
+        return self.allowed_offset(q_idx - kv_idx)
+
+    def _block_kinds(self, block_size):
+        n = self.seq_len
+        offsets = torch.arange(-(n - 1), n)  # all 2n - 1 offsets
+        allowed = self.allowed_offset(offsets).long()
+        prefix = torch.cat([torch.zeros(1, dtype=torch.long), allowed.cumsum(0)])
+        starts, ends = _block_bounds(n, block_size)
+        lo = starts.view(-1, 1) - ends.view(1, -1)  # smallest offset in tile (qb, kb)
+        hi = ends.view(-1, 1) - starts.view(1, -1)  # largest offset
+        count = prefix[hi + n] - prefix[lo + n - 1]  # allowed offsets in [lo, hi]
+        kinds = torch.full_like(count, PARTIAL)
+        kinds[count == 0] = EMPTY
+        kinds[count == hi - lo + 1] = FULL
+        return kinds
+
+    def __repr__(self):
+        return self.code
+
+
+class GlobalTokens(Pattern):
+    """Longformer's global attention: listed tokens attend all keys and are attended by all."""
+
+    def __init__(self, seq_len: int, tokens: Iterable[int]):
+        super().__init__(seq_len)
+        tokens = list(tokens)
+        for t in tokens:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < seq_len:
+                raise ValueError(
+                    f"expected global token indices in [0, {seq_len}), got {t!r}"
+                )
+        self.tokens = tuple(sorted(set(tokens)))
+        self.is_global = torch.zeros(seq_len, dtype=torch.bool)
+        self.is_global[list(self.tokens)] = True
+
+    def _allows(self, q_idx, kv_idx, head):
+        return self.is_global[q_idx] | self.is_global[kv_idx]
+
+    def _block_kinds(self, block_size):
+        n = self.seq_len
+        nb = self.num_blocks(block_size)
+        padded = torch.zeros(nb * block_size, dtype=torch.long)
+        padded[:n] = self.is_global.long()
+        count = padded.view(nb, block_size).sum(1)  # global tokens per block
+        starts, ends = _block_bounds(n, block_size)
+        all_global = count == ends - starts + 1
+        any_q, any_k = (count > 0).view(-1, 1), (count > 0).view(1, -1)
+        kinds = torch.full((nb, nb), PARTIAL, dtype=torch.long)
+        kinds[~(any_q | any_k)] = EMPTY
+        kinds[all_global.view(-1, 1) | all_global.view(1, -1)] = FULL
+        return kinds
+
+    def __repr__(self):
+        return f"GlobalTokens({self.seq_len}, {list(self.tokens)})"
+
+
+class BlockPattern(Pattern):
+    """A mask over blocks of its own size (BigBird): pair (i, j) allowed iff its block is."""
+
+    def __init__(self, seq_len: int, block_size: int, layout: torch.Tensor, code: str = ""):
+        num_heads = layout.shape[0] if layout.dim() == 3 else None
+        super().__init__(seq_len, num_heads)
+        self.block_size = block_size
+        self.layout = layout.bool()  # (nbb, nbb) or (H, nbb, nbb)
+        self.code = code or f"BlockPattern({seq_len}, {block_size}, layout)"
+
+    def _allows(self, q_idx, kv_idx, head):
+        qb, kb = q_idx // self.block_size, kv_idx // self.block_size
+        if self.layout.dim() == 2:
+            return self.layout[qb, kb]
+        return self.layout[head, qb, kb]
+
+    def _block_kinds(self, block_size):
+        layout = self.layout if self.layout.dim() == 3 else self.layout.unsqueeze(0)
+        if block_size == self.block_size:
+            kinds = layout.long() * FULL
+        else:
+            # Tile (qb, kb) covers own-blocks [q0, q1] x [k0, k1]: count active ones.
+            starts, ends = _block_bounds(self.seq_len, block_size)
+            first, last = starts // self.block_size, ends // self.block_size
+            prefix = torch.nn.functional.pad(layout.int().cumsum(1).cumsum(2), (1, 0, 1, 0))
+            q0, q1 = first.view(-1, 1), last.view(-1, 1) + 1
+            k0, k1 = first.view(1, -1), last.view(1, -1) + 1
+            count = prefix[:, q1, k1] - prefix[:, q0, k1] - prefix[:, q1, k0] + prefix[:, q0, k0]
+            kinds = torch.full_like(count, PARTIAL, dtype=torch.long)
+            kinds[count == 0] = EMPTY
+            kinds[count == (q1 - q0) * (k1 - k0)] = FULL
+        return kinds if self.layout.dim() == 3 else kinds[0]
+
+    def __repr__(self):
+        return self.code
+
+
+class MaskPattern(Pattern):
+    """A plain bool tensor (n, n) or (H, n, n), accepted wherever a Pattern is."""
+
+    def __init__(self, mask: torch.Tensor):
+        if mask.dtype != torch.bool:
+            raise TypeError(f"expected a bool mask, got dtype {mask.dtype}")
+        if mask.dim() == 4 and mask.shape[0] == 1:
+            mask = mask[0]
+        if mask.dim() == 3 and mask.shape[0] == 1:
+            mask = mask[0]
+        if mask.dim() not in (2, 3) or mask.shape[-1] != mask.shape[-2]:
+            raise ValueError(
+                f"expected a mask of shape (n, n) or (H, n, n), got {tuple(mask.shape)}"
+            )
+        super().__init__(mask.shape[-1], mask.shape[0] if mask.dim() == 3 else None)
+        self.tensor = mask.cpu()
+
+    def _allows(self, q_idx, kv_idx, head):
+        if self.tensor.dim() == 2:
+            return self.tensor[q_idx, kv_idx]
+        return self.tensor[head, q_idx, kv_idx]
+
+    def _block_kinds(self, block_size):
+        n, nb = self.seq_len, self.num_blocks(block_size)
+        pad = nb * block_size - n
+        mask = self.tensor if self.tensor.dim() == 3 else self.tensor.unsqueeze(0)
+        h = mask.shape[0]
+        padded = torch.nn.functional.pad(mask.long(), (0, pad, 0, pad))
+        tiles = padded.view(h, nb, block_size, nb, block_size).sum((2, 4))
+        starts, ends = _block_bounds(n, block_size)
+        sizes = ends - starts + 1
+        area = sizes.view(-1, 1) * sizes.view(1, -1)
+        kinds = torch.full_like(tiles, PARTIAL)
+        kinds[tiles == 0] = EMPTY
+        kinds[tiles == area] = FULL
+        return kinds if self.tensor.dim() == 3 else kinds[0]
+
+    def __repr__(self):
+        return f"MaskPattern(shape={tuple(self.tensor.shape)})"
+
+
+def _combined_heads(a: Pattern, b: Pattern) -> int | None:
+    if a.seq_len != b.seq_len:
+        raise ValueError(
+            f"expected patterns of the same seq_len, got {a.seq_len} and {b.seq_len}"
+        )
+    if a.num_heads is not None and b.num_heads is not None and a.num_heads != b.num_heads:
+        raise ValueError(
+            f"expected per-head patterns with the same num_heads, got {a.num_heads} and {b.num_heads}"
+        )
+    return a.num_heads if a.num_heads is not None else b.num_heads
+
+
+class Union(Pattern):
+    """p1 | p2: a pair is allowed when either pattern allows it."""
+
+    symbol = "|"
+
+    def __init__(self, a: Pattern, b: Pattern):
+        super().__init__(a.seq_len, _combined_heads(a, b))
+        self.a, self.b = a, b
+
+    def _allows(self, q_idx, kv_idx, head):
+        return self.a._allows(q_idx, kv_idx, head) | self.b._allows(q_idx, kv_idx, head)
+
+    def _block_kinds(self, block_size):
+        ka, kb = self.a.block_kinds(block_size).long(), self.b.block_kinds(block_size).long()
+        ka, kb = torch.broadcast_tensors(ka, kb)
+        kinds = torch.maximum(ka, kb)  # full beats partial beats empty
+        # Two partial halves can cover a tile completely: check those exactly.
+        return self._refine(kinds, (ka == PARTIAL) & (kb == PARTIAL), block_size)
+
+    def __repr__(self):
+        return f"({self.a!r} {self.symbol} {self.b!r})"
+
+
+class Intersection(Union):
+    """p1 & p2: a pair is allowed when both patterns allow it."""
+
+    symbol = "&"
+
+    def _allows(self, q_idx, kv_idx, head):
+        return self.a._allows(q_idx, kv_idx, head) & self.b._allows(q_idx, kv_idx, head)
+
+    def _block_kinds(self, block_size):
+        ka, kb = self.a.block_kinds(block_size).long(), self.b.block_kinds(block_size).long()
+        ka, kb = torch.broadcast_tensors(ka, kb)
+        kinds = torch.minimum(ka, kb)  # empty beats partial beats full
+        # Partial & partial may share no pair, or partial & full may be anything in between.
+        unsure = (kinds == PARTIAL) & ~((ka == FULL) | (kb == FULL))
+        return self._refine(kinds, unsure, block_size)
+
+
+# ---- factories ----------------------------------------------------------------------
+
+
+def dense(seq_len: int) -> Pattern:
+    """Every query attends every key."""
+    return OffsetPattern(seq_len, lambda d: torch.ones_like(d, dtype=torch.bool), f"dense({seq_len})")
+
+
+def causal(seq_len: int) -> Pattern:
+    """Query i attends keys j <= i (autoregressive)."""
+    return OffsetPattern(seq_len, lambda d: d >= 0, f"causal({seq_len})")
+
+
+def sliding_window(seq_len: int, window: int) -> Pattern:
+    """|i - j| <= window // 2: total width `window` + the token itself, as in Longformer."""
+    half = _check_even_window(window) // 2
+    return OffsetPattern(
+        seq_len, lambda d: d.abs() <= half, f"sliding_window({seq_len}, window={window})"
+    )
+
+
+def dilated_window(seq_len: int, window: int, dilation: int) -> Pattern:
+    """window // 2 keys each side, `dilation` apart: |d| <= (w//2)*dilation, d % dilation == 0."""
+    half = _check_even_window(window) // 2
+    dilation = _check_positive_int("dilation", dilation)
+    return OffsetPattern(
+        seq_len,
+        lambda d: (d.abs() <= half * dilation) & (d % dilation == 0),
+        f"dilated_window({seq_len}, window={window}, dilation={dilation})",
+    )
+
+
+def global_tokens(seq_len: int, tokens: Sequence[int]) -> Pattern:
+    """Only the global rows and columns of `tokens` (symmetric global attention)."""
+    return GlobalTokens(seq_len, tokens)
+
+
+def longformer(seq_len: int, window: int, global_tokens: Sequence[int] = (0,)) -> Pattern:
+    """Sliding window of total width `window` plus symmetric global tokens (Beltagy et al.)."""
+    window_part = sliding_window(seq_len, window)
+    if len(global_tokens) == 0:
+        return window_part
+    return window_part | GlobalTokens(seq_len, global_tokens)
+
+
+def bigbird(
+    seq_len: int,
+    block_size: int = 64,
+    window_blocks: int = 3,
+    global_blocks: int = 2,
+    random_blocks: int = 3,
+    seed: int = 0,
+    num_heads: int | None = None,
+) -> Pattern:
+    """BigBird's block pattern: window + global + random blocks (Zaheer et al. 2020).
+
+    Tokens are grouped in blocks of `block_size` (the last may be short). A query block sees
+    `window_blocks` (odd) blocks centred on itself, the first `global_blocks` blocks are
+    global rows and columns, and every other query block gets `random_blocks` key blocks
+    drawn without replacement from those it does not already see.
+    """
+    block_size = _check_positive_int("block_size", block_size)
+    window_blocks = _check_positive_int("window_blocks", window_blocks)
+    if window_blocks % 2 == 0:
+        raise ValueError(f"expected window_blocks to be odd (itself + equal sides), got {window_blocks}")
+    if num_heads is not None:
+        num_heads = _check_positive_int("num_heads", num_heads)
+    nbb = math.ceil(seq_len / block_size)
+    for name, value in (("global_blocks", global_blocks), ("random_blocks", random_blocks)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"expected {name} to be an int >= 0, got {value!r}")
+    if global_blocks > nbb:
+        raise ValueError(
+            f"expected global_blocks <= {nbb} (the number of blocks of size {block_size} "
+            f"in seq_len {seq_len}), got {global_blocks}"
+        )
+
+    rows = torch.arange(nbb).view(-1, 1)
+    cols = torch.arange(nbb).view(1, -1)
+    fixed = (rows - cols).abs() <= window_blocks // 2  # (nbb, nbb) window band
+    fixed |= (rows < global_blocks) | (cols < global_blocks)  # global rows and columns
+    candidates_per_row = (~fixed).sum(1)
+    needs_random = torch.arange(nbb) >= global_blocks
+    if random_blocks and needs_random.any():
+        fewest = int(candidates_per_row[needs_random].min())
+        if random_blocks > fewest:
+            raise ValueError(
+                f"expected random_blocks <= {fewest} (blocks a query row has left after "
+                f"window and global blocks), got {random_blocks}"
+            )
+
+    generator = torch.Generator().manual_seed(seed)
+    layouts = []
+    for _ in range(num_heads or 1):
+        layout = fixed.clone()
+        if random_blocks:
+            for row in range(global_blocks, nbb):
+                candidates = (~fixed[row]).nonzero().flatten()
+                pick = torch.randperm(len(candidates), generator=generator)[:random_blocks]
+                layout[row, candidates[pick]] = True
+        layouts.append(layout)
+    layout = torch.stack(layouts) if num_heads is not None else layouts[0]
+    code = (
+        f"bigbird({seq_len}, block_size={block_size}, window_blocks={window_blocks}, "
+        f"global_blocks={global_blocks}, random_blocks={random_blocks}, seed={seed}, "
+        f"num_heads={num_heads})"
+    )
+    return BlockPattern(seq_len, block_size, layout, code)
+
+
+def as_pattern(pattern_or_mask: Pattern | torch.Tensor) -> Pattern:
+    """A Pattern as it is; a bool tensor (n, n) / (H, n, n) wrapped as a MaskPattern."""
+    if isinstance(pattern_or_mask, Pattern):
+        return pattern_or_mask
+    if isinstance(pattern_or_mask, torch.Tensor):
+        return MaskPattern(pattern_or_mask)
+    raise TypeError(
+        f"expected a Pattern or a bool torch.Tensor, got {type(pattern_or_mask).__name__}"
+    )
