@@ -56,9 +56,9 @@ def _check_even_window(window: object) -> int:
     return window
 
 
-def _block_bounds(seq_len: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_bounds(seq_len: int, block_size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """First and last token index of every block; the last block may be short."""
-    starts = torch.arange(0, seq_len, block_size)
+    starts = torch.arange(0, seq_len, block_size, device=device)
     ends = torch.clamp(starts + block_size - 1, max=seq_len - 1)
     return starts, ends
 
@@ -70,7 +70,15 @@ class Pattern:
         self.seq_len = _check_positive_int("seq_len", seq_len)
         # None: one mask shared by every head; an int: a mask per head.
         self.num_heads = num_heads
-        self._kinds_cache: dict[int, torch.Tensor] = {}
+        self._kinds_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self._device_copies: dict[tuple[str, str], torch.Tensor] = {}
+
+    def _on(self, name: str, device: torch.device) -> torch.Tensor:
+        """The tensor attribute `name` on `device`, copied there once and cached."""
+        key = (name, str(device))
+        if key not in self._device_copies:
+            self._device_copies[key] = getattr(self, name).to(device)
+        return self._device_copies[key]
 
     # ---- the element question -------------------------------------------------------
     def allows(self, q_idx, kv_idx, head=0) -> torch.Tensor:
@@ -106,8 +114,14 @@ class Pattern:
         """Allowed pairs / n^2 (averaged over heads for a per-head pattern)."""
         return self.allowed_pairs() / (self.seq_len**2 * (self.num_heads or 1))
 
-    def allowed_pairs(self, block_size: int = 128) -> int:
+    @property
+    def natural_block_size(self) -> int:
+        """Tile size at which this pattern's tiles are mostly empty or full (for counting)."""
+        return 128
+
+    def allowed_pairs(self, block_size: int | None = None) -> int:
         """Number of allowed (query, key) pairs, summed over heads, from the block kinds."""
+        block_size = block_size or self.natural_block_size
         kinds = self._kinds_with_heads(block_size)
         starts, ends = _block_bounds(self.seq_len, block_size)
         sizes = ends - starts + 1
@@ -119,34 +133,52 @@ class Pattern:
         return total
 
     # ---- block structure ------------------------------------------------------------
-    def block_kinds(self, block_size: int) -> torch.Tensor:
-        """int8 (nb, nb) or (H, nb, nb): 0 empty, 1 partial, 2 full; nb = ceil(n / bs)."""
-        block_size = _check_positive_int("block_size", block_size)
-        if block_size not in self._kinds_cache:
-            self._kinds_cache[block_size] = self._block_kinds(block_size).to(torch.int8)
-        return self._kinds_cache[block_size]
+    def block_kinds(
+        self, block_size: int, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """int8 (nb, nb) or (H, nb, nb): 0 empty, 1 partial, 2 full; nb = ceil(n / bs).
 
-    def block_layout(self, block_size: int) -> torch.Tensor:
+        Computed from the description (never an n x n tensor) on `device` (default CPU), and
+        cached per block size and device.
+        """
+        block_size = _check_positive_int("block_size", block_size)
+        device = torch.device(device if device is not None else "cpu")
+        key = (block_size, str(device))
+        if key not in self._kinds_cache:
+            self._kinds_cache[key] = self._block_kinds(block_size, device).to(torch.int8)
+        return self._kinds_cache[key]
+
+    def block_layout(
+        self, block_size: int, device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Bool (nb, nb) or (H, nb, nb): True where a tile holds at least one allowed pair."""
-        return self.block_kinds(block_size) != EMPTY
+        return self.block_kinds(block_size, device) != EMPTY
 
     def num_blocks(self, block_size: int) -> int:
         return math.ceil(self.seq_len / block_size)
 
-    def _block_kinds(self, block_size: int) -> torch.Tensor:
+    def _block_kinds(self, block_size: int, device: torch.device) -> torch.Tensor:
         raise NotImplementedError  # every concrete pattern below defines it
 
     def _kinds_with_heads(self, block_size: int) -> torch.Tensor:
         kinds = self.block_kinds(block_size)
         return kinds if kinds.dim() == 3 else kinds.unsqueeze(0)
 
-    def _tile_masks(self, tiles: torch.Tensor, block_size: int):
-        """Yield (bool (T, bs, bs) element masks, tiles) for rows (head, qb, kb) of `tiles`.
+    def tile_masks(self, tiles: torch.Tensor, block_size: int) -> torch.Tensor:
+        """Bool (T, bs, bs) element masks of the tiles listed as rows (head, qb, kb).
 
-        Positions past seq_len (in a short last block) come out False.
+        Positions past seq_len (in a short last block) come out False. The blocked and
+        Triton stages apply these only on partial tiles.
         """
+        parts = [mask for mask, _ in self._tile_masks(tiles, block_size)]
+        if not parts:
+            return torch.zeros(0, block_size, block_size, dtype=torch.bool, device=tiles.device)
+        return torch.cat(parts)
+
+    def _tile_masks(self, tiles: torch.Tensor, block_size: int):
+        """Yield (bool (T, bs, bs) element masks, tiles) for chunks of rows of `tiles`."""
         n = self.seq_len
-        offsets = torch.arange(block_size)
+        offsets = torch.arange(block_size, device=tiles.device)
         chunk = max(1, _REFINE_CHUNK_ELEMENTS // block_size**2)
         for part in tiles.split(chunk):
             head = part[:, 0].view(-1, 1, 1)
@@ -163,7 +195,7 @@ class Pattern:
         kinds3, unsure3 = (kinds.unsqueeze(0), unsure.unsqueeze(0)) if squeeze else (kinds, unsure)
         tiles = unsure3.nonzero()
         n = self.seq_len
-        offsets = torch.arange(block_size)
+        offsets = torch.arange(block_size, device=kinds.device)
         for tile_mask, part in self._tile_masks(tiles, block_size):
             q_valid = (part[:, 1:2] * block_size + offsets.view(1, -1)) < n  # (T, bs)
             k_valid = (part[:, 2:3] * block_size + offsets.view(1, -1)) < n
@@ -197,12 +229,18 @@ class OffsetPattern(Pattern):
     def _allows(self, q_idx, kv_idx, head):
         return self.allowed_offset(q_idx - kv_idx)
 
-    def _block_kinds(self, block_size):
+    def allowed_pairs(self, block_size: int | None = None) -> int:
+        # Offset d occurs n - |d| times: an O(n) count instead of the tile scan.
         n = self.seq_len
-        offsets = torch.arange(-(n - 1), n)  # all 2n - 1 offsets
+        offsets = torch.arange(-(n - 1), n)
+        return int(((n - offsets.abs()) * self.allowed_offset(offsets)).sum())
+
+    def _block_kinds(self, block_size, device):
+        n = self.seq_len
+        offsets = torch.arange(-(n - 1), n, device=device)  # all 2n - 1 offsets
         allowed = self.allowed_offset(offsets).long()
-        prefix = torch.cat([torch.zeros(1, dtype=torch.long), allowed.cumsum(0)])
-        starts, ends = _block_bounds(n, block_size)
+        prefix = torch.nn.functional.pad(allowed.cumsum(0), (1, 0))  # prefix[m] = sum of first m
+        starts, ends = _block_bounds(n, block_size, device)
         lo = starts.view(-1, 1) - ends.view(1, -1)  # smallest offset in tile (qb, kb)
         hi = ends.view(-1, 1) - starts.view(1, -1)  # largest offset
         count = prefix[hi + n] - prefix[lo + n - 1]  # allowed offsets in [lo, hi]
@@ -223,26 +261,25 @@ class GlobalTokens(Pattern):
         tokens = list(tokens)
         for t in tokens:
             if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < seq_len:
-                raise ValueError(
-                    f"expected global token indices in [0, {seq_len}), got {t!r}"
-                )
+                raise ValueError(f"expected global token indices in [0, {seq_len}), got {t!r}")
         self.tokens = tuple(sorted(set(tokens)))
         self.is_global = torch.zeros(seq_len, dtype=torch.bool)
         self.is_global[list(self.tokens)] = True
 
     def _allows(self, q_idx, kv_idx, head):
-        return self.is_global[q_idx] | self.is_global[kv_idx]
+        is_global = self._on("is_global", q_idx.device)
+        return is_global[q_idx] | is_global[kv_idx]
 
-    def _block_kinds(self, block_size):
+    def _block_kinds(self, block_size, device):
         n = self.seq_len
         nb = self.num_blocks(block_size)
-        padded = torch.zeros(nb * block_size, dtype=torch.long)
-        padded[:n] = self.is_global.long()
+        pad = nb * block_size - n
+        padded = torch.nn.functional.pad(self._on("is_global", device).long(), (0, pad))
         count = padded.view(nb, block_size).sum(1)  # global tokens per block
-        starts, ends = _block_bounds(n, block_size)
+        starts, ends = _block_bounds(n, block_size, device)
         all_global = count == ends - starts + 1
         any_q, any_k = (count > 0).view(-1, 1), (count > 0).view(1, -1)
-        kinds = torch.full((nb, nb), PARTIAL, dtype=torch.long)
+        kinds = torch.full((nb, nb), PARTIAL, dtype=torch.long, device=device)
         kinds[~(any_q | any_k)] = EMPTY
         kinds[all_global.view(-1, 1) | all_global.view(1, -1)] = FULL
         return kinds
@@ -261,19 +298,25 @@ class BlockPattern(Pattern):
         self.layout = layout.bool()  # (nbb, nbb) or (H, nbb, nbb)
         self.code = code or f"BlockPattern({seq_len}, {block_size}, layout)"
 
+    @property
+    def natural_block_size(self) -> int:
+        return self.block_size
+
     def _allows(self, q_idx, kv_idx, head):
         qb, kb = q_idx // self.block_size, kv_idx // self.block_size
-        if self.layout.dim() == 2:
-            return self.layout[qb, kb]
-        return self.layout[head, qb, kb]
+        layout = self._on("layout", q_idx.device)
+        if layout.dim() == 2:
+            return layout[qb, kb]
+        return layout[head, qb, kb]
 
-    def _block_kinds(self, block_size):
-        layout = self.layout if self.layout.dim() == 3 else self.layout.unsqueeze(0)
+    def _block_kinds(self, block_size, device):
+        layout = self._on("layout", device)
+        layout = layout if layout.dim() == 3 else layout.unsqueeze(0)
         if block_size == self.block_size:
-            kinds = layout.long() * FULL
+            kinds = layout.to(torch.int8) * FULL
         else:
             # Tile (qb, kb) covers own-blocks [q0, q1] x [k0, k1]: count active ones.
-            starts, ends = _block_bounds(self.seq_len, block_size)
+            starts, ends = _block_bounds(self.seq_len, block_size, device)
             first, last = starts // self.block_size, ends // self.block_size
             prefix = torch.nn.functional.pad(layout.int().cumsum(1).cumsum(2), (1, 0, 1, 0))
             q0, q1 = first.view(-1, 1), last.view(-1, 1) + 1
@@ -306,18 +349,20 @@ class MaskPattern(Pattern):
         self.tensor = mask.cpu()
 
     def _allows(self, q_idx, kv_idx, head):
-        if self.tensor.dim() == 2:
-            return self.tensor[q_idx, kv_idx]
-        return self.tensor[head, q_idx, kv_idx]
+        tensor = self._on("tensor", q_idx.device)
+        if tensor.dim() == 2:
+            return tensor[q_idx, kv_idx]
+        return tensor[head, q_idx, kv_idx]
 
-    def _block_kinds(self, block_size):
+    def _block_kinds(self, block_size, device):
         n, nb = self.seq_len, self.num_blocks(block_size)
         pad = nb * block_size - n
-        mask = self.tensor if self.tensor.dim() == 3 else self.tensor.unsqueeze(0)
+        mask = self._on("tensor", device)
+        mask = mask if mask.dim() == 3 else mask.unsqueeze(0)
         h = mask.shape[0]
         padded = torch.nn.functional.pad(mask.long(), (0, pad, 0, pad))
         tiles = padded.view(h, nb, block_size, nb, block_size).sum((2, 4))
-        starts, ends = _block_bounds(n, block_size)
+        starts, ends = _block_bounds(n, block_size, device)
         sizes = ends - starts + 1
         area = sizes.view(-1, 1) * sizes.view(1, -1)
         kinds = torch.full_like(tiles, PARTIAL)
@@ -331,12 +376,11 @@ class MaskPattern(Pattern):
 
 def _combined_heads(a: Pattern, b: Pattern) -> int | None:
     if a.seq_len != b.seq_len:
-        raise ValueError(
-            f"expected patterns of the same seq_len, got {a.seq_len} and {b.seq_len}"
-        )
+        raise ValueError(f"expected patterns of the same seq_len, got {a.seq_len} and {b.seq_len}")
     if a.num_heads is not None and b.num_heads is not None and a.num_heads != b.num_heads:
         raise ValueError(
-            f"expected per-head patterns with the same num_heads, got {a.num_heads} and {b.num_heads}"
+            "expected per-head patterns with the same num_heads, "
+            f"got {a.num_heads} and {b.num_heads}"
         )
     return a.num_heads if a.num_heads is not None else b.num_heads
 
@@ -350,11 +394,16 @@ class Union(Pattern):
         super().__init__(a.seq_len, _combined_heads(a, b))
         self.a, self.b = a, b
 
+    @property
+    def natural_block_size(self) -> int:
+        return min(self.a.natural_block_size, self.b.natural_block_size)
+
     def _allows(self, q_idx, kv_idx, head):
         return self.a._allows(q_idx, kv_idx, head) | self.b._allows(q_idx, kv_idx, head)
 
-    def _block_kinds(self, block_size):
-        ka, kb = self.a.block_kinds(block_size).long(), self.b.block_kinds(block_size).long()
+    def _block_kinds(self, block_size, device):
+        ka = self.a.block_kinds(block_size, device)
+        kb = self.b.block_kinds(block_size, device)
         ka, kb = torch.broadcast_tensors(ka, kb)
         kinds = torch.maximum(ka, kb)  # full beats partial beats empty
         # Two partial halves can cover a tile completely: check those exactly.
@@ -372,8 +421,9 @@ class Intersection(Union):
     def _allows(self, q_idx, kv_idx, head):
         return self.a._allows(q_idx, kv_idx, head) & self.b._allows(q_idx, kv_idx, head)
 
-    def _block_kinds(self, block_size):
-        ka, kb = self.a.block_kinds(block_size).long(), self.b.block_kinds(block_size).long()
+    def _block_kinds(self, block_size, device):
+        ka = self.a.block_kinds(block_size, device)
+        kb = self.b.block_kinds(block_size, device)
         ka, kb = torch.broadcast_tensors(ka, kb)
         kinds = torch.minimum(ka, kb)  # empty beats partial beats full
         # Partial & partial may share no pair, or partial & full may be anything in between.
@@ -386,7 +436,9 @@ class Intersection(Union):
 
 def dense(seq_len: int) -> Pattern:
     """Every query attends every key."""
-    return OffsetPattern(seq_len, lambda d: torch.ones_like(d, dtype=torch.bool), f"dense({seq_len})")
+    return OffsetPattern(
+        seq_len, lambda d: torch.ones_like(d, dtype=torch.bool), f"dense({seq_len})"
+    )
 
 
 def causal(seq_len: int) -> Pattern:
@@ -445,7 +497,9 @@ def bigbird(
     block_size = _check_positive_int("block_size", block_size)
     window_blocks = _check_positive_int("window_blocks", window_blocks)
     if window_blocks % 2 == 0:
-        raise ValueError(f"expected window_blocks to be odd (itself + equal sides), got {window_blocks}")
+        raise ValueError(
+            f"expected window_blocks to be odd (itself + equal sides), got {window_blocks}"
+        )
     if num_heads is not None:
         num_heads = _check_positive_int("num_heads", num_heads)
     nbb = math.ceil(seq_len / block_size)
@@ -472,15 +526,17 @@ def bigbird(
                 f"window and global blocks), got {random_blocks}"
             )
 
+    # Random blocks: give every candidate (block not yet seen) a uniform random key and keep
+    # the `random_blocks` smallest per row -- a draw without replacement, one head at a time.
     generator = torch.Generator().manual_seed(seed)
     layouts = []
     for _ in range(num_heads or 1):
         layout = fixed.clone()
-        if random_blocks:
-            for row in range(global_blocks, nbb):
-                candidates = (~fixed[row]).nonzero().flatten()
-                pick = torch.randperm(len(candidates), generator=generator)[:random_blocks]
-                layout[row, candidates[pick]] = True
+        if random_blocks and needs_random.any():
+            keys = torch.rand(nbb, nbb, generator=generator).masked_fill(fixed, 2.0)
+            picked = keys.topk(random_blocks, dim=1, largest=False).indices  # (nbb, r)
+            chosen = torch.zeros_like(fixed).scatter_(1, picked, True)
+            layout |= chosen & needs_random.view(-1, 1)
         layouts.append(layout)
     layout = torch.stack(layouts) if num_heads is not None else layouts[0]
     code = (
