@@ -48,13 +48,14 @@ def attention(
     ``return_weights=True`` also the weights (batch, heads, seq_len, seq_len).
     """
     batch, heads, seq_len, head_dim = check_qkv(q, k, v)
+    scale = default_scale(head_dim, scale)
+    # Check before a Pattern is materialized: its n x n mask is the first big allocation.
+    ensure_scores_fit(batch, heads, seq_len, q.dtype, q.device, SCORE_COPIES)
     if isinstance(mask, Pattern):
         if mask.seq_len != seq_len:
             raise ValueError(f"expected a pattern with seq_len {seq_len}, got {mask.seq_len}")
         mask = mask.mask
     mask = check_mask(mask, batch, heads, seq_len).to(q.device)  # (B|1, H|1, N, N)
-    scale = default_scale(head_dim, scale)
-    ensure_scores_fit(batch, heads, seq_len, q.dtype, q.device, SCORE_COPIES)
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N): every pair, allowed or not
     weights = masked_softmax(scores, mask)  # (B, H, N, N), zeros outside the mask
