@@ -1,0 +1,178 @@
+"""viz: the figures show the data they claim, and pattern_stats counts like a plain tile scan.
+
+Expected values come from the materialized mask (p.mask, itself checked against the
+definitions in test_patterns.py), padded and cut into tiles with plain tensor reshapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+
+from sparse_attn_edu import patterns, viz
+
+CASES = {
+    "longformer": lambda: patterns.longformer(37, 6, (0, 20)),
+    "window&causal": lambda: patterns.sliding_window(30, 8) & patterns.causal(30),
+    "bigbird/heads": lambda: patterns.bigbird(45, 8, 3, 1, 2, seed=1, num_heads=3),
+    "dense": lambda: patterns.dense(19),
+    "tensor": lambda: torch.rand(2, 23, 23, generator=torch.Generator().manual_seed(0)) < 0.2,
+}
+
+
+def mask3(p) -> torch.Tensor:
+    """(H', n, n) token mask of a pattern or bool tensor."""
+    m = p if isinstance(p, torch.Tensor) else p.mask
+    return m if m.dim() == 3 else m.unsqueeze(0)
+
+
+def tile_counts(mask: torch.Tensor, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allowed pairs and token pairs per tile, (H', nb, nb) each, by padding and reshaping."""
+    h, n = mask.shape[0], mask.shape[-1]
+    nb = math.ceil(n / bs)
+    pad = nb * bs - n
+    allowed = torch.nn.functional.pad(mask.long(), (0, pad, 0, pad))
+    inside = torch.nn.functional.pad(torch.ones(1, n, n, dtype=torch.long), (0, pad, 0, pad))
+    allowed = allowed.view(h, nb, bs, nb, bs).sum((2, 4))
+    size = inside.view(1, nb, bs, nb, bs).sum((2, 4)).expand(h, nb, nb)
+    return allowed, size
+
+
+def kinds_of(mask: torch.Tensor, bs: int) -> torch.Tensor:
+    allowed, size = tile_counts(mask, bs)
+    return torch.where(allowed == 0, 0, torch.where(allowed == size, 2, 1))
+
+
+@pytest.fixture(autouse=True)
+def no_pyplot_figures():
+    before = plt.get_fignums()
+    yield
+    assert plt.get_fignums() == before, "viz must not open pyplot figures"
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("block_size", [4, 7, 64])
+def test_pattern_stats_match_tile_scan(name, block_size):
+    p = CASES[name]()
+    m = mask3(p)  # (H', n, n)
+    h, n = m.shape[0], m.shape[-1]
+    allowed, size = tile_counts(m, block_size)
+    active = allowed > 0
+    d = 32
+    for head in [None, *range(h)]:
+        s = viz.pattern_stats(p, block_size=block_size, head_dim=d, head=head)
+        sel = slice(None) if head is None else slice(head, head + 1)
+        heads = h if head is None else 1
+        computed = int(size[sel][active[sel]].sum())
+        assert s["seq_len"] == n and s["num_heads"] == heads
+        assert s["num_blocks"] == math.ceil(n / block_size)
+        assert s["density"] == pytest.approx(float(m[sel].float().mean()))
+        assert s["active_blocks"] == int(active[sel].sum())
+        assert s["full_blocks"] == int((allowed[sel] == size[sel]).sum())
+        assert s["partial_blocks"] == int((active[sel] & (allowed[sel] < size[sel])).sum())
+        assert s["dense_flops"] == 4 * d * heads * n * n
+        assert s["sparse_flops"] == 4 * d * int(m[sel].sum())
+        assert s["block_flops"] == 4 * d * computed
+        assert s["dense_score_bytes"] == 4 * heads * n * n
+        assert s["block_score_bytes"] == 4 * computed
+        assert s["ideal_speedup"] == pytest.approx(heads * n * n / computed)
+
+
+def test_pattern_stats_by_hand():
+    # sliding_window(8, 2) in 2 x 2 tiles: 4 full diagonal tiles (offsets -1..1) and
+    # 6 partial next-diagonal tiles holding one allowed pair each; 22 allowed pairs.
+    s = viz.pattern_stats(patterns.sliding_window(8, 2), block_size=2, head_dim=1)
+    assert (s["full_blocks"], s["partial_blocks"], s["active_blocks"]) == (4, 6, 10)
+    assert s["density"] == 22 / 64
+    assert (s["dense_flops"], s["sparse_flops"], s["block_flops"]) == (256, 88, 160)
+    assert s["ideal_speedup"] == 64 / 40
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_plot_mask_shows_the_mask(name):
+    p = CASES[name]()
+    m = mask3(p)
+    head = m.shape[0] - 1
+    fig = viz.plot_mask(p, head=head)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), m[head].numpy())
+    assert f"density {m[head].float().mean().item():.1%}" in ax.get_title()
+    assert ax.get_xlabel() and ax.get_ylabel()
+
+
+@pytest.mark.parametrize("block_size", [3, 8, 50])
+def test_plot_mask_tiles_are_the_block_kinds(block_size):
+    p = CASES["bigbird/heads"]()
+    m = mask3(p)
+    fig = viz.plot_mask(p, head=2, block_size=block_size)
+    ax = fig.axes[0]
+    kinds = kinds_of(m, block_size)[2]  # (nb, nb)
+    mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
+    colors = np.asarray(mesh.get_array()).reshape(kinds.shape + (4,))
+    for kind in range(3):
+        rgb = to_rgba(viz.KIND_COLORS[kind])[:3]
+        np.testing.assert_allclose(
+            colors[kinds.numpy() == kind][:, :3],
+            np.broadcast_to(rgb, (int((kinds == kind).sum()), 3)),
+        )
+    active, nb = int((kinds > 0).sum()), kinds.shape[-1]
+    assert f"{active}/{nb * nb} tiles" in ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("partial" in t for t in labels) and any("empty" in t for t in labels)
+
+
+def test_plot_block_kinds_image_and_counts():
+    p = CASES["longformer"]()
+    fig = viz.plot_block_kinds(p, 8, title="Longformer")
+    ax = fig.axes[0]
+    kinds = kinds_of(mask3(p), 8)[0]
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), kinds.numpy())
+    title = ax.get_title()
+    for kind, name in enumerate(("empty", "partial", "full")):
+        assert f"{int((kinds == kind).sum())} {name}" in title
+    assert len(fig.axes) == 2, "a colour bar names the kinds"
+
+
+def test_plot_attention_weights():
+    w = torch.softmax(torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0)), -1)
+    fig = viz.plot_attention_weights(w, batch=1, head=2)
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), w[1, 2].numpy())
+    assert "batch 1, head 2" in fig.axes[0].get_title()
+    assert len(fig.axes) == 2, "colour bar"
+    fig = viz.plot_attention_weights(w[0, 0].requires_grad_())
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), w[0, 0].numpy())
+    with pytest.raises(ValueError, match=r"expected weights of shape \(B, H, n, n\) or \(n, n\)"):
+        viz.plot_attention_weights(w[0])
+
+
+def test_plot_query_weights_bars():
+    weights = torch.tensor([0.5, 0.0, 0.5, 0.0])
+    allowed = torch.tensor([True, False, True, False])
+    fig = viz.plot_query_weights(weights, allowed, query=2)
+    heights = [bar.get_height() for bar in fig.axes[0].containers[1]]
+    np.testing.assert_allclose(heights, weights.numpy())
+    assert "2 of 4 keys allowed" in fig.axes[0].get_title()
+
+
+def test_draws_into_a_given_axes():
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    assert viz.plot_mask(patterns.causal(8), block_size=4, ax=left) is fig
+    assert viz.plot_block_kinds(patterns.causal(8), 4, ax=right) is fig
+    assert left.images and right.images
+
+
+def test_bad_head():
+    p = patterns.bigbird(32, 8, 1, 1, 1, num_heads=2)
+    with pytest.raises(ValueError, match=r"expected head in \[0, 2\), got 2"):
+        viz.plot_mask(p, head=2)
+    with pytest.raises(ValueError, match=r"expected head in \[0, 2\), got 5"):
+        viz.pattern_stats(p, 8, head=5)
