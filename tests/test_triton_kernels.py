@@ -1,0 +1,148 @@
+"""Stage 4 (fused Triton kernels) against stage 2 (masked dense attention).
+
+Every expected value comes from ``masked.attention`` in float64, an n x n computation that
+shares no code with the kernels. Without a CUDA device the kernels run in the Triton
+interpreter on CPU, so shapes are tiny; with one, the same tests run on larger shapes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+# Imported before anything else imports triton: it switches on the interpreter without CUDA.
+tk = pytest.importorskip("sparse_attn_edu.triton_kernels")
+
+from sparse_attn_edu import masked, patterns  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+# Max abs error allowed, per dtype, on outputs and gradients of O(1) size.
+TOLERANCE = {torch.float32: 2e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def size(cpu: int, gpu: int) -> int:
+    """A tiny size in the interpreter, a larger one on a GPU."""
+    return gpu if CUDA else cpu
+
+
+def compare(pattern, batch, heads, seq_len, head_dim, dtype, block_size, scale=None):
+    """Run both stages on the same random inputs; return (ours, reference) outputs + grads."""
+    gen = torch.Generator().manual_seed(seq_len * 31 + head_dim)
+    q, k, v, dout = (
+        torch.randn(batch, heads, seq_len, head_dim, generator=gen) for _ in range(4)
+    )
+    ours_in = [t.to(DEVICE, dtype).requires_grad_() for t in (q, k, v)]
+    out = tk.attention(*ours_in, pattern, block_size=block_size, scale=scale)
+    grads = torch.autograd.grad(out, ours_in, dout.to(DEVICE, dtype))
+
+    ref_in = [t.to(DEVICE, dtype).double().requires_grad_() for t in (q, k, v)]
+    mask = pattern if isinstance(pattern, torch.Tensor) else pattern.mask
+    ref = masked.attention(*ref_in, mask.to(DEVICE), scale=scale)
+    ref_grads = torch.autograd.grad(ref, ref_in, dout.to(DEVICE, dtype).double())
+    return (out, *grads), (ref, *ref_grads)
+
+
+def assert_close(ours, reference, dtype):
+    names = ("out", "dq", "dk", "dv")
+    for name, a, b in zip(names, ours, reference, strict=True):
+        assert a.shape == b.shape and a.dtype == dtype, (name, a.shape, a.dtype)
+        assert torch.isfinite(a).all(), f"{name} has NaN or inf"
+        error = (a.double() - b).abs().max().item()
+        assert error <= TOLERANCE[dtype], f"{name}: max abs error {error:.2e} ({dtype})"
+
+
+CASES = [
+    # (name, pattern factory(n), n (cpu, gpu), block_size, dtype, head_dim, heads)
+    ("longformer_tail", lambda n: patterns.longformer(n, 8, (0, n // 2)), (45, 1001), 16,
+     torch.float32, 16, 2),
+    ("bigbird_per_head", lambda n: patterns.bigbird(n, 16, 3, 1, 1, seed=3, num_heads=2),
+     (70, 999), 32, torch.float16, 32, 2),
+    ("dilated_padded_dim", lambda n: patterns.dilated_window(n, 6, 2), (33, 517), 16,
+     torch.bfloat16, 24, 1),
+    ("causal_block64", lambda n: patterns.causal(n), (64, 640), 64, torch.float32, 16, 1),
+    ("window_or_globals_fp16", lambda n: patterns.sliding_window(n, 10)
+     | patterns.global_tokens(n, [n - 1]), (40, 700), 32, torch.float16, 64, 1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_matches_masked_attention(case):
+    _, factory, sizes, block_size, dtype, head_dim, heads = case
+    n = size(*sizes)
+    pattern = factory(n)
+    assert_close(*compare(pattern, 1, heads, n, head_dim, dtype, block_size), dtype)
+
+
+def test_bool_mask_per_head_batch_and_scale():
+    n, heads = size(37, 400), 2
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(heads, n, n, generator=gen) < 0.3  # random per-head tensor mask
+    assert_close(*compare(mask, 2, heads, n, 16, torch.float32, 16, scale=0.3), torch.float32)
+
+
+def test_fully_masked_rows_and_columns_give_zeros():
+    n = size(40, 300)
+    mask = patterns.sliding_window(n, 6).mask
+    dead_rows, dead_cols = [0, 5, n - 1], [7, 8]
+    mask[dead_rows] = False  # queries that may attend nothing
+    mask[:, dead_cols] = False  # keys nobody attends
+    ours, reference = compare(mask, 1, 1, n, 16, torch.float32, 16)
+    assert_close(ours, reference, torch.float32)
+    out, dq, dk, dv = ours
+    assert (out[..., dead_rows, :] == 0).all() and (dq[..., dead_rows, :] == 0).all()
+    assert (dk[..., dead_cols, :] == 0).all() and (dv[..., dead_cols, :] == 0).all()
+
+
+@settings(max_examples=4, deadline=None)
+@given(
+    n=st.integers(17, 56),
+    half=st.integers(1, 12),
+    block_size=st.sampled_from([16, 32]),
+    seed=st.integers(0, 10),
+)
+def test_random_window_and_globals(n, half, block_size, seed):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randperm(n, generator=gen)[: seed % 3].tolist()
+    pattern = patterns.longformer(n, 2 * half, tokens)
+    assert_close(*compare(pattern, 1, 1, n, 16, torch.float32, block_size), torch.float32)
+
+
+def test_launch_order_is_longest_first():
+    pattern = patterns.longformer(256, 32, (0, 100))
+    kl = tk.kernel_layout(pattern, 32, DEVICE)
+    for order, count in ((kl.row_order, kl.layout.row_count), (kl.col_order, kl.layout.col_count)):
+        visited = count.gather(1, order.long())[0]
+        assert sorted(order[0].tolist()) == list(range(kl.layout.num_blocks))  # a permutation
+        assert visited.tolist() == sorted(count[0].tolist(), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"dtype": torch.float64}, TypeError, "float16, bfloat16 or float32"),
+        ({"block_size": 48}, ValueError, "block_size 16, 32, 64 or 128"),
+        ({"seq_len": 31}, ValueError, "seq_len 32"),
+        ({"head_dim": 160}, ValueError, "head_dim <= 128"),
+        ({"pattern_heads": 3}, ValueError, "with 2 heads"),
+    ],
+)
+def test_errors_say_what_was_expected(kwargs, error, message):
+    dtype = kwargs.get("dtype", torch.float32)
+    head_dim = kwargs.get("head_dim", 16)
+    q = torch.zeros(1, 2, 32, head_dim, dtype=dtype, device=DEVICE)
+    pattern = patterns.bigbird(kwargs.get("seq_len", 32), 16, 1, 0, 0, num_heads=2)
+    if "pattern_heads" in kwargs:
+        pattern = patterns.bigbird(32, 16, 1, 0, 0, num_heads=kwargs["pattern_heads"])
+    with pytest.raises(error, match=message):
+        tk.attention(q, q, q, pattern, block_size=kwargs.get("block_size", 16))
+
+
+def test_package_import_does_not_need_triton():
+    code = "import sys, sparse_attn_edu; assert 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
