@@ -491,8 +491,7 @@ def attention(
         raise ValueError(f"expected a pattern with seq_len {seq_len}, got {pattern.seq_len}")
     if pattern.num_heads is not None and pattern.num_heads != heads:
         raise ValueError(
-            f"expected a per-head pattern with {heads} heads (q's heads), "
-            f"got {pattern.num_heads}"
+            f"expected a per-head pattern with {heads} heads (q's heads), got {pattern.num_heads}"
         )
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"expected q, k, v in float16, bfloat16 or float32, got {q.dtype}")

@@ -34,9 +34,7 @@ def size(cpu: int, gpu: int) -> int:
 def compare(pattern, batch, heads, seq_len, head_dim, dtype, block_size, scale=None):
     """Run both stages on the same random inputs; return (ours, reference) outputs + grads."""
     gen = torch.Generator().manual_seed(seq_len * 31 + head_dim)
-    q, k, v, dout = (
-        torch.randn(batch, heads, seq_len, head_dim, generator=gen) for _ in range(4)
-    )
+    q, k, v, dout = (torch.randn(batch, heads, seq_len, head_dim, generator=gen) for _ in range(4))
     ours_in = [t.to(DEVICE, dtype).requires_grad_() for t in (q, k, v)]
     out = tk.attention(*ours_in, pattern, block_size=block_size, scale=scale)
     grads = torch.autograd.grad(out, ours_in, dout.to(DEVICE, dtype))
