@@ -8,7 +8,8 @@ Child et al. 2019, "Generating Long Sequences with Sparse Transformers"):
     row_count[h, r]          how many key blocks query block r visits
     row_full_count[h, r]     how many of them are full (listed first: run without a mask)
     row_index[h, r, :]       the key block ids, full ones first, padded with 0
-    row_tile[h, r, :]        for partial entries, which element mask in `tile_masks`; -1 if full
+    row_tile[h, r, :]        for partial entries, which element mask in `tile_masks`;
+                             -1 for full entries and padding
 
 The backward pass of dK and dV walks the transpose -- for each key block, the query blocks
 that visit it -- so the same lists are built column-major (``col_*``).
@@ -64,9 +65,11 @@ def _compress(kinds: torch.Tensor, tile_id: torch.Tensor):
     columns = torch.arange(nb, device=kinds.device)
     rank = torch.where(full, 0, torch.where(active, 1, 2)) * nb + columns
     order = rank.argsort(dim=-1)[..., :width]  # (H, nb, width)
-    index = torch.where(torch.arange(width, device=kinds.device) < count.unsqueeze(-1), order, 0)
+    listed = torch.arange(width, device=kinds.device) < count.unsqueeze(-1)
+    index = torch.where(listed, order, 0)
     tile = torch.gather(tile_id, -1, index)
-    tile = torch.where(torch.gather(kinds, -1, index) == PARTIAL, tile, -1)
+    # Padding entries point at block 0 but are not tiles: give them -1 like full tiles.
+    tile = torch.where(listed & (torch.gather(kinds, -1, index) == PARTIAL), tile, -1)
     return (
         count.to(torch.int32),
         full.sum(-1).to(torch.int32),
