@@ -157,8 +157,8 @@ def test_plot_query_weights_bars():
     weights = torch.tensor([0.5, 0.0, 0.5, 0.0])
     allowed = torch.tensor([True, False, True, False])
     fig = viz.plot_query_weights(weights, allowed, query=2)
-    heights = [bar.get_height() for bar in fig.axes[0].containers[1]]
-    np.testing.assert_allclose(heights, weights.numpy())
+    stems = fig.axes[0].collections[1].get_segments()  # one vertical line per key
+    np.testing.assert_allclose([top for (_, _), (_, top) in stems], weights.numpy())
     assert "2 of 4 keys allowed" in fig.axes[0].get_title()
 
 
@@ -176,3 +176,15 @@ def test_bad_head():
         viz.plot_mask(p, head=2)
     with pytest.raises(ValueError, match=r"expected head in \[0, 2\), got 5"):
         viz.pattern_stats(p, 8, head=5)
+
+
+def test_plot_growth_lines():
+    sizes = [100, 200, 400]
+    fig = viz.plot_growth(sizes, {"dense": [1.0, 4.0, 16.0], "masked": [2.0, 8.0, 32.0]}, "ms")
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["masked"].get_ydata(), [2.0, 8.0, 32.0])
+    np.testing.assert_allclose(lines["∝ n^2"].get_ydata(), [1.0, 4.0, 16.0])  # from dense
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match="expected 3 values for 'x'.*got 2"):
+        viz.plot_growth(sizes, {"x": [1.0, 2.0]}, "ms")
