@@ -139,18 +139,32 @@ def _attend_tiles(
 
 
 @triton.jit
+def _work_item(items, full_count, H, NB, LAYOUT_HEADS, ITEMS):
+    """This program's work: a block, its list range [start, stop) and its scratch slot.
+
+    [start, mid) are full tiles and [mid, stop) partial ones (the lists hold full first).
+    """
+    bh = tl.program_id(0)  # batch * H + head
+    lh = (bh % H) % LAYOUT_HEADS  # layout head: 0 when all heads share the pattern
+    item = items + (lh * ITEMS + tl.program_id(1)) * 4  # longest items are launched first
+    block = tl.load(item)
+    start = tl.load(item + 1)
+    stop = tl.load(item + 2)
+    slot = tl.load(item + 3)  # -1: the whole list, write the result; else one piece of it
+    n_full = tl.load(full_count + lh * NB + block)
+    mid = tl.minimum(tl.maximum(n_full, start), stop)
+    return bh, lh, block, start, mid, stop, slot
+
+
+@triton.jit
 def _forward_kernel(
-    Q, K, V, Out, LSE,
-    order, count, full_count, index, tile, masks,
-    qk_scale, N, H, NB, LAYOUT_HEADS, list_stride_h, list_stride_r,
+    Q, K, V, Out, LSE, OPart, LSEPart,
+    items, full_count, index, tile, masks,
+    qk_scale, N, H, NB, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)  # batch * H + head
-    lh = (bh % H) % LAYOUT_HEADS  # layout head: 0 when all heads share the pattern
-    row = tl.load(order + lh * NB + tl.program_id(1))  # longest rows are launched first
-    n_full = tl.load(full_count + lh * NB + row)
-    n_all = tl.load(count + lh * NB + row)
+    bh, lh, row, start, mid, stop, slot = _work_item(items, full_count, H, NB, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + row * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -165,20 +179,66 @@ def _forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, K, V, bh_offset, index + list_offset, tile + list_offset, masks,
-        0, n_full, qk_scale, N,
+        start, mid, qk_scale, N,
         HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, EVEN_N, PREC,
     )  # fmt: skip
     acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, K, V, bh_offset, index + list_offset, tile + list_offset, masks,
-        n_full, n_all, qk_scale, N,
+        mid, stop, qk_scale, N,
         HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, EVEN_N, PREC,
     )  # fmt: skip
 
-    seen = l_i > 0  # False only for a row with no allowed key: its acc is 0
+    seen = l_i > 0  # False for a row with no allowed key (so far): its acc is 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))  # log2 units
-    tl.store(Out + io_offsets, out.to(Out.dtype.element_ty), mask=io_mask)
-    tl.store(LSE + bh * N + offs_m, lse, mask=offs_m < N)
+    lse = m_i + tl.log2(tl.where(seen, l_i, 1.0))  # log2 units; -inf when nothing seen
+    if slot < 0:
+        tl.store(Out + io_offsets, out.to(Out.dtype.element_ty), mask=io_mask)
+        tl.store(LSE + bh * N + offs_m, tl.where(seen, lse, float("inf")), mask=offs_m < N)
+    else:  # one piece of a long row: keep it in fp32 for _merge_rows_kernel
+        part = (bh * SLOTS + slot).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(OPart + part[:, None] * BLOCK_D + offs_d[None, :], out)
+        tl.store(LSEPart + part, lse)
+
+
+@triton.jit
+def _merge_rows_kernel(
+    Out, LSE, OPart, LSEPart, merges, N, H, LAYOUT_HEADS, MERGES, SLOTS,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Join the pieces of a long row: piece p weighs 2^(lse_p - lse), lse = log2 sum 2^lse_p.
+
+    The same online-softmax update as _attend_tiles, one piece instead of one key at a time.
+    """
+    bh = tl.program_id(0)
+    lh = (bh % H) % LAYOUT_HEADS
+    merge = merges + (lh * MERGES + tl.program_id(1)) * 3
+    row = tl.load(merge)  # -1 pads a head with fewer long rows: it stores nothing
+    first = tl.load(merge + 1)
+    pieces = tl.load(merge + 2)
+    offs_m = row * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for p in range(first, first + pieces):
+        part = (bh * SLOTS + p).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        lse_p = tl.load(LSEPart + part)
+        m_new = tl.maximum(m_i, lse_p)
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_shift)
+        weight = tl.exp2(lse_p - m_shift)
+        out_p = tl.load(OPart + part[:, None] * BLOCK_D + offs_d[None, :])
+        acc = acc * alpha[:, None] + out_p * weight[:, None]
+        l_i = l_i * alpha + weight
+        m_i = m_new
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+    m_ok = (offs_m >= 0) & (offs_m < N)
+    offsets = bh.to(tl.int64) * N * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(Out + offsets, out.to(Out.dtype.element_ty),
+             mask=m_ok[:, None] & (offs_d < HEAD_DIM)[None, :])  # fmt: skip
+    tl.store(LSE + bh * N + offs_m, lse, mask=m_ok)
 
 
 # ---- backward -----------------------------------------------------------------------
@@ -240,21 +300,17 @@ def _dkdv_tiles(
 
 @triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, LSE, Delta, DK, DV,
-    order, count, full_count, index, tile, masks,
-    scale, qk_scale, N, H, NB, LAYOUT_HEADS, list_stride_h, list_stride_r,
+    Q, K, V, DO, LSE, Delta, DK, DV, DKPart, DVPart,
+    items, full_count, index, tile, masks,
+    scale, qk_scale, N, H, NB, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
-    lh = (bh % H) % LAYOUT_HEADS
-    col = tl.load(order + lh * NB + tl.program_id(1))  # this program's key block
-    n_full = tl.load(full_count + lh * NB + col)
-    n_all = tl.load(count + lh * NB + col)
+    bh, lh, col, start, mid, stop, slot = _work_item(items, full_count, H, NB, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + col * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
-    offs_n = col * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = col * BLOCK_N + tl.arange(0, BLOCK_N)  # this program's key block
     offs_d = tl.arange(0, BLOCK_D)
     io_mask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     io_offsets = bh_offset + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
@@ -264,16 +320,21 @@ def _dkdv_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dk, dv = _dkdv_tiles(
         dk, dv, k, v, Q, DO, LSE, Delta, bh_offset, bh * N, index + list_offset,
-        tile + list_offset, masks, 0, n_full, qk_scale, N,
+        tile + list_offset, masks, start, mid, qk_scale, N,
         HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, PREC,
     )  # fmt: skip
     dk, dv = _dkdv_tiles(
         dk, dv, k, v, Q, DO, LSE, Delta, bh_offset, bh * N, index + list_offset,
-        tile + list_offset, masks, n_full, n_all, qk_scale, N,
+        tile + list_offset, masks, mid, stop, qk_scale, N,
         HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, PREC,
     )  # fmt: skip
-    tl.store(DK + io_offsets, (dk * scale).to(DK.dtype.element_ty), mask=io_mask)
-    tl.store(DV + io_offsets, dv.to(DV.dtype.element_ty), mask=io_mask)
+    if slot < 0:
+        tl.store(DK + io_offsets, (dk * scale).to(DK.dtype.element_ty), mask=io_mask)
+        tl.store(DV + io_offsets, dv.to(DV.dtype.element_ty), mask=io_mask)
+    else:  # one piece of a long column: _sum_pieces_kernel adds the pieces up
+        part = (bh * SLOTS + slot).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(DKPart + part[:, None] * BLOCK_D + offs_d[None, :], dk)
+        tl.store(DVPart + part[:, None] * BLOCK_D + offs_d[None, :], dv)
 
 
 @triton.jit
@@ -311,17 +372,13 @@ def _dq_tiles(
 
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, LSE, Delta, DQ,
-    order, count, full_count, index, tile, masks,
-    scale, qk_scale, N, H, NB, LAYOUT_HEADS, list_stride_h, list_stride_r,
+    Q, K, V, DO, LSE, Delta, DQ, DQPart,
+    items, full_count, index, tile, masks,
+    scale, qk_scale, N, H, NB, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
-    lh = (bh % H) % LAYOUT_HEADS
-    row = tl.load(order + lh * NB + tl.program_id(1))
-    n_full = tl.load(full_count + lh * NB + row)
-    n_all = tl.load(count + lh * NB + row)
+    bh, lh, row, start, mid, stop, slot = _work_item(items, full_count, H, NB, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + row * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -337,16 +394,105 @@ def _dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _dq_tiles(
         dq, q, do, lse, delta, K, V, bh_offset, index + list_offset, tile + list_offset,
-        masks, 0, n_full, qk_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, PREC,
+        masks, start, mid, qk_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, PREC,
     )  # fmt: skip
     dq = _dq_tiles(
         dq, q, do, lse, delta, K, V, bh_offset, index + list_offset, tile + list_offset,
-        masks, n_full, n_all, qk_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, PREC,
+        masks, mid, stop, qk_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, PREC,
     )  # fmt: skip
-    tl.store(DQ + io_offsets, (dq * scale).to(DQ.dtype.element_ty), mask=io_mask)
+    if slot < 0:
+        tl.store(DQ + io_offsets, (dq * scale).to(DQ.dtype.element_ty), mask=io_mask)
+    else:
+        part = (bh * SLOTS + slot).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(DQPart + part[:, None] * BLOCK_D + offs_d[None, :], dq)
+
+
+@triton.jit
+def _sum_pieces_kernel(
+    Dst, Part, merges, scale, N, H, LAYOUT_HEADS, MERGES, SLOTS,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Gradients are sums over tiles: a block cut in pieces gets scale * sum of its pieces."""
+    bh = tl.program_id(0)
+    lh = (bh % H) % LAYOUT_HEADS
+    merge = merges + (lh * MERGES + tl.program_id(1)) * 3
+    block = tl.load(merge)  # -1 pads a head with fewer long lists: it stores nothing
+    first = tl.load(merge + 1)
+    pieces = tl.load(merge + 2)
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    total = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    for p in range(first, first + pieces):
+        part = (bh * SLOTS + p).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        total += tl.load(Part + part[:, None] * BLOCK_D + offs_d[None, :])
+    ok = (offs >= 0) & (offs < N)
+    offsets = bh.to(tl.int64) * N * HEAD_DIM + offs[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(Dst + offsets, (total * scale).to(Dst.dtype.element_ty),
+             mask=ok[:, None] & (offs_d < HEAD_DIM)[None, :])  # fmt: skip
 
 
 # ---- host side ----------------------------------------------------------------------
+
+# A program walks at most this many tiles; longer lists (Longformer's global rows and
+# columns visit every block) are cut in pieces run by separate programs, then merged.
+MAX_TILES_PER_PROGRAM = 32
+
+
+@dataclass(frozen=True)
+class WorkList:
+    """The programs of one kernel: each walks entries [start, stop) of one block's list."""
+
+    items: torch.Tensor  # int32 (H', I, 4): block, start, stop, slot; longest first
+    merges: torch.Tensor  # int32 (H', M, 3): block, first slot, pieces, for blocks cut up
+    num_slots: int  # scratch slots per (batch, head) for the pieces' partial results
+
+
+def work_list(count: torch.Tensor, max_tiles: int) -> WorkList:
+    """Cut each list (`count` (H', nb) entries) into pieces of at most `max_tiles` entries.
+
+    A block with one piece has slot -1 (its program writes the result); the pieces of a
+    longer block get consecutive scratch slots and one `merges` entry. Items are sorted
+    longest first (Graham's LPT rule), so long pieces do not start last and run alone.
+    """
+    heads, nb = count.shape
+    device = count.device
+    count = count.long().flatten()  # (H' * nb,)
+    pieces = ((count + max_tiles - 1) // max_tiles).clamp_min(1)  # an empty row writes zeros
+    owner = torch.repeat_interleave(torch.arange(heads * nb, device=device), pieces)  # (I_all,)
+    first_item = pieces.cumsum(0) - pieces
+    start = (torch.arange(len(owner), device=device) - first_item[owner]) * max_tiles
+    stop = torch.minimum(start + max_tiles, count[owner])
+    head, block = owner // nb, owner % nb
+
+    # Scratch slots: split items numbered consecutively within each head.
+    split = (pieces[owner] > 1).long()
+    per_head_split = torch.zeros(heads, dtype=torch.long, device=device).index_add_(0, head, split)
+    slot_all = split.cumsum(0) - split
+    slot = torch.where(split > 0, slot_all - (per_head_split.cumsum(0) - per_head_split)[head], -1)
+
+    def per_head_table(rows: torch.Tensor, row_head: torch.Tensor, pad: torch.Tensor):
+        """`rows` (grouped by head) as (H', width, C); a shorter head repeats its `pad` row."""
+        sizes = torch.bincount(row_head, minlength=heads)
+        if len(rows) == 0:
+            return torch.zeros(heads, 0, rows.shape[1], dtype=torch.int32, device=device)
+        position = torch.arange(int(sizes.max()), device=device)
+        index = (sizes.cumsum(0) - sizes).view(-1, 1) + position  # (H', width)
+        table = rows[index.clamp(max=len(rows) - 1)]
+        table = torch.where((position < sizes.view(-1, 1)).unsqueeze(-1), table, pad.unsqueeze(1))
+        return table.to(torch.int32).contiguous()
+
+    # Longest first within each head. A head with fewer items repeats its last (shortest)
+    # one: that program recomputes and rewrites the same values, which is harmless.
+    order = (head * (max_tiles + 1) + (max_tiles - (stop - start))).argsort(stable=True)
+    items = torch.stack([block, start, stop, slot], 1)[order]
+    last = items[torch.bincount(head, minlength=heads).cumsum(0) - 1]  # (H', 4)
+    items = per_head_table(items, head[order], last)
+
+    cut = (pieces > 1).nonzero().flatten()  # flat (head, block) ids of blocks cut in pieces
+    merges = torch.stack([cut % nb, slot[first_item[cut]], pieces[cut]], 1)
+    no_op = torch.tensor([-1, 0, 0], device=device).expand(heads, 3)  # block -1 stores nothing
+    merges = per_head_table(merges, cut // nb, no_op)
+    return WorkList(items, merges, max(int(per_head_split.max()), 1))
 
 
 @dataclass(frozen=True)
@@ -354,30 +500,29 @@ class KernelLayout:
     """A BlockSparseLayout plus what the kernels need beside it, built once per pattern."""
 
     layout: BlockSparseLayout
-    row_order: torch.Tensor  # int32 (H', nb): query blocks, longest row first
-    col_order: torch.Tensor  # int32 (H', nb): key blocks, longest column first
+    rows: WorkList  # forward and dQ programs: query blocks
+    cols: WorkList  # dK/dV programs: key blocks
     masks: torch.Tensor  # uint8 (max(T, 1), bs, bs): tile_masks as bytes
 
 
 def kernel_layout(
-    pattern: Pattern | torch.Tensor, block_size: int, device: torch.device | str
+    pattern: Pattern | torch.Tensor,
+    block_size: int,
+    device: torch.device | str,
+    max_tiles: int = MAX_TILES_PER_PROGRAM,
 ) -> KernelLayout:
-    """The layout of `pattern` with launch orders and byte masks, cached on the pattern."""
+    """The layout of `pattern` with the kernels' work lists and byte masks, cached."""
     pattern = as_pattern(pattern)
     cache = pattern.__dict__.setdefault("_kernel_layout_cache", {})
-    key = (block_size, str(torch.device(device)))
+    key = (block_size, str(torch.device(device)), max_tiles)
     if key not in cache:
         layout = build_layout(pattern, block_size, device)
         masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
         if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
             masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)
-
-        def longest_first(count: torch.Tensor) -> torch.Tensor:
-            return count.argsort(dim=-1, descending=True, stable=True).to(torch.int32)
-
-        cache[key] = KernelLayout(
-            layout, longest_first(layout.row_count), longest_first(layout.col_count), masks
-        )
+        rows = work_list(layout.row_count, max_tiles)
+        cols = work_list(layout.col_count, max_tiles)
+        cache[key] = KernelLayout(layout, rows, cols, masks)
     return cache[key]
 
 
@@ -395,55 +540,79 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _list_args(kl: KernelLayout, heads: int, rows: bool) -> tuple:
-    layout = kl.layout
-    if rows:
-        lists = (kl.row_order, layout.row_count, layout.row_full_count)
-        lists += (layout.row_index, layout.row_tile)
-    else:
-        lists = (kl.col_order, layout.col_count, layout.col_full_count)
-        lists += (layout.col_index, layout.col_tile)
-    index = lists[3]
-    sizes = (heads, layout.num_blocks, layout.num_layout_heads, index.stride(0), index.stride(1))
-    return (*lists, kl.masks), sizes
+def _list_args(kl: KernelLayout, heads: int, rows: bool) -> tuple[tuple, tuple]:
+    """Pointer arguments and sizes shared by the kernels that walk rows (or columns)."""
+    layout, work = kl.layout, (kl.rows if rows else kl.cols)
+    full_count = layout.row_full_count if rows else layout.col_full_count
+    index = layout.row_index if rows else layout.col_index
+    tile = layout.row_tile if rows else layout.col_tile
+    pointers = (work.items, full_count, index, tile, kl.masks)
+    sizes = (heads, layout.num_blocks, layout.num_layout_heads, work.items.shape[1])
+    sizes += (work.num_slots, index.stride(0), index.stride(1))
+    return pointers, sizes
+
+
+def _scratch(batch_heads: int, work: WorkList, block: int, block_d: int, device) -> torch.Tensor:
+    """fp32 partial results of the pieces of cut blocks: (B*H, slots, block, BLOCK_D)."""
+    return torch.empty(batch_heads, work.num_slots, block, block_d, device=device)
+
+
+def _merge(kernel, dst: tuple, parts: tuple, work: WorkList, heads: int, kl, n: int, **kw):
+    merges = work.merges
+    if merges.shape[1]:  # some block was cut in pieces
+        grid = (dst[0].shape[0] * heads, merges.shape[1])
+        kernel[grid](*dst, *parts, merges, *kw.pop("scale", ()), n, heads,
+                     kl.layout.num_layout_heads, merges.shape[1], work.num_slots, **kw)  # fmt: skip
 
 
 def _forward(q, k, v, kl: KernelLayout, scale: float):
     batch, heads, n, head_dim = q.shape
-    bs = kl.layout.block_size
+    bs, block_d = kl.layout.block_size, _padded(head_dim)
     out = torch.empty_like(q)
     lse = torch.empty(batch * heads, n, dtype=torch.float32, device=q.device)  # log2 units
-    lists, sizes = _list_args(kl, heads, rows=True)
-    grid = (batch * heads, kl.layout.num_blocks)
-    _forward_kernel[grid](
-        q, k, v, out, lse, *lists, scale * LOG2E, n, *sizes,
-        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=_padded(head_dim),
+    out_part = _scratch(batch * heads, kl.rows, bs, block_d, q.device)
+    lse_part = torch.empty(out_part.shape[:-1], device=q.device)
+    pointers, sizes = _list_args(kl, heads, rows=True)
+    _forward_kernel[(batch * heads, kl.rows.items.shape[1])](
+        q, k, v, out, lse, out_part, lse_part, *pointers, scale * LOG2E, n, *sizes,
+        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d,
         EVEN_N=n % bs == 0, PREC=_precision(q.dtype), **_launch_config("forward", bs, head_dim),
     )  # fmt: skip
+    _merge(_merge_rows_kernel, (out, lse), (out_part, lse_part), kl.rows, heads, kl, n,
+           HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_D=block_d)  # fmt: skip
     return out, lse
 
 
 def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
     batch, heads, n, head_dim = q.shape
-    bs, nb = kl.layout.block_size, kl.layout.num_blocks
-    block_d, prec = _padded(head_dim), _precision(q.dtype)
+    bs, block_d, prec = kl.layout.block_size, _padded(head_dim), _precision(q.dtype)
     delta = torch.empty_like(lse)
     _delta_kernel[(batch * heads, triton.cdiv(n, 64))](
         out, dout, delta, n, HEAD_DIM=head_dim, BLOCK_M=64, BLOCK_D=block_d
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    col_lists, col_sizes = _list_args(kl, heads, rows=False)
-    _dkdv_kernel[(batch * heads, nb)](
-        q, k, v, dout, lse, delta, dk, dv, *col_lists, scale, scale * LOG2E, n, *col_sizes,
+    sums = {"HEAD_DIM": head_dim, "BLOCK": bs, "BLOCK_D": block_d}
+
+    dk_part = _scratch(batch * heads, kl.cols, bs, block_d, q.device)
+    dv_part = torch.empty_like(dk_part)
+    pointers, sizes = _list_args(kl, heads, rows=False)
+    _dkdv_kernel[(batch * heads, kl.cols.items.shape[1])](
+        q, k, v, dout, lse, delta, dk, dv, dk_part, dv_part, *pointers,
+        scale, scale * LOG2E, n, *sizes,
         HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec,
         **_launch_config("dkdv", bs, head_dim),
     )  # fmt: skip
-    row_lists, row_sizes = _list_args(kl, heads, rows=True)
-    _dq_kernel[(batch * heads, nb)](
-        q, k, v, dout, lse, delta, dq, *row_lists, scale, scale * LOG2E, n, *row_sizes,
+    _merge(_sum_pieces_kernel, (dk,), (dk_part,), kl.cols, heads, kl, n, scale=(scale,), **sums)
+    _merge(_sum_pieces_kernel, (dv,), (dv_part,), kl.cols, heads, kl, n, scale=(1.0,), **sums)
+
+    dq_part = _scratch(batch * heads, kl.rows, bs, block_d, q.device)
+    pointers, sizes = _list_args(kl, heads, rows=True)
+    _dq_kernel[(batch * heads, kl.rows.items.shape[1])](
+        q, k, v, dout, lse, delta, dq, dq_part, *pointers, scale, scale * LOG2E, n, *sizes,
         HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec,
         **_launch_config("dq", bs, head_dim),
     )  # fmt: skip
+    _merge(_sum_pieces_kernel, (dq,), (dq_part,), kl.rows, heads, kl, n, scale=(scale,), **sums)
     return dq, dk, dv
 
 
@@ -506,7 +675,7 @@ def attention(
             f"{'interpreter' if INTERPRETED else 'kernels compiled for the GPU'}), "
             f"got {q.device}"
         )
-    kl = kernel_layout(pattern, block_size, q.device)
+    kl = kernel_layout(pattern, block_size, q.device, MAX_TILES_PER_PROGRAM)
     scale = default_scale(head_dim, scale)
     if INTERPRETED and q.dtype == torch.bfloat16:
         # Triton 3.6's interpreter multiplies bf16 tiles wrongly in tl.dot: use float32 there.

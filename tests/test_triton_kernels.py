@@ -111,13 +111,18 @@ def test_random_window_and_globals(n, half, block_size, seed):
     assert_close(*compare(pattern, 1, 1, n, 16, torch.float32, block_size), torch.float32)
 
 
-def test_launch_order_is_longest_first():
-    pattern = patterns.longformer(256, 32, (0, 100))
-    kl = tk.kernel_layout(pattern, 32, DEVICE)
-    for order, count in ((kl.row_order, kl.layout.row_count), (kl.col_order, kl.layout.col_count)):
-        visited = count.gather(1, order.long())[0]
-        assert sorted(order[0].tolist()) == list(range(kl.layout.num_blocks))  # a permutation
-        assert visited.tolist() == sorted(count[0].tolist(), reverse=True)
+def test_work_lists_cover_every_entry_once_longest_first():
+    pattern = patterns.bigbird(256, 32, 3, 1, 2, seed=0, num_heads=2)
+    kl = tk.kernel_layout(pattern, 32, DEVICE, max_tiles=3)
+    for work, count in ((kl.rows, kl.layout.row_count), (kl.cols, kl.layout.col_count)):
+        for head in range(2):
+            items = {tuple(item) for item in work.items[head].tolist()}  # padding repeats
+            covered = sorted((b, j) for b, start, stop, _ in items for j in range(start, stop))
+            expected = [(b, j) for b in range(8) for j in range(int(count[head, b]))]
+            assert covered == expected
+            lengths = (work.items[head, :, 2] - work.items[head, :, 1]).tolist()
+            assert lengths == sorted(lengths, reverse=True)
+            assert max(lengths) <= 3
 
 
 @pytest.mark.parametrize(
@@ -144,3 +149,20 @@ def test_errors_say_what_was_expected(kwargs, error, message):
 def test_package_import_does_not_need_triton():
     code = "import sys, sparse_attn_edu; assert 'triton' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        patterns.longformer(size(40, 900), 8, (1, 20)),
+        patterns.bigbird(size(40, 900), 16, 1, 1, 1, seed=1, num_heads=2),
+    ],
+    ids=["longformer", "bigbird_per_head"],
+)
+def test_long_lists_cut_in_pieces_and_merged(monkeypatch, pattern):
+    # One tile per program: every list longer than one tile is split, then merged.
+    monkeypatch.setattr(tk, "MAX_TILES_PER_PROGRAM", 1)
+    n = pattern.seq_len
+    ours, reference = compare(pattern, 1, 2, n, 16, torch.float32, 16)
+    assert_close(ours, reference, torch.float32)
+    assert tk.kernel_layout(pattern, 16, DEVICE, 1).rows.merges.shape[1] > 0  # really split
