@@ -1,0 +1,468 @@
+"""An interactive explorer of sparse attention masks (ipywidgets).
+
+Change a pattern with sliders and see at once what it costs and how far information
+travels -- the two questions behind Longformer (Beltagy et al. 2020, arXiv:2004.05150)
+and BigBird (Zaheer et al. 2020, arXiv:2007.14062):
+
+* the token mask with its block overlay, and the block kinds a block kernel would visit;
+* the cost: density, active / partial blocks, FLOPs and score memory against dense, and
+  the speed-up an ideal block kernel would get (``viz.pattern_stats``);
+* reachability after L stacked layers: which positions reach the chosen query, layer by
+  layer, the fraction of pairs connected, and how many layers connect every pair
+  (``propagation``);
+* the attention weights of one query on random q / k (stage 2's ``masked_softmax``);
+* the pattern as Python and as a FlexAttention ``mask_mod``, to copy into your model.
+
+Every number and mask comes from the library (``patterns``, ``viz``, ``propagation``,
+``masked``); this module only wires controls to it and draws. Figures are rendered to PNG
+into ``widgets.Image``, so the explorer looks the same in JupyterLab, the classic notebook
+and Voila. The standalone page (also ``make explorer``)::
+
+    .venv/bin/voila notebooks/06_mask_explorer.ipynb --port=8866 --no-browser
+
+Responsiveness at n = 4096: sliders update on release, only the views a control affects
+are redrawn, patterns and propagation results are cached, and the token mask is drawn for
+at most ``MAX_IMAGE_TOKENS`` tokens (a labelled zoom; the block kinds map shows them all).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ipywidgets as widgets
+import torch
+from matplotlib.figure import Figure
+
+from . import masked, patterns, propagation, viz
+
+PATTERNS = {
+    "sliding window": "sliding_window",
+    "Longformer": "longformer",
+    "BigBird": "bigbird",
+    "dilated window": "dilated_window",
+}
+MAX_SEQ_LEN = 8192  # the explorer's own limit: propagation keeps an n x n bit state
+MAX_IMAGE_TOKENS = 512  # the token mask is drawn for at most this many tokens (a zoom)
+HEADS = 4  # BigBird draws its random blocks per head
+HEAD_DIM = 64  # for the FLOP / memory counts and the random q, k
+QK_SEED = 0  # the random q, k of the weights view
+DPI = 80
+
+# The views a control affects; every other control changes the pattern: all views.
+ALL_VIEWS = {"mask", "reach", "weights"}
+AFFECTS = {"layers": {"reach"}, "query": {"reach", "weights"}, "head": {"mask", "weights"}}
+
+
+class _LRU(OrderedDict):
+    """A small least-recently-used cache: patterns and propagation results per setting."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, compute):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = compute()
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def build_pattern(settings: dict) -> patterns.Pattern:
+    """The library pattern for the explorer's settings (the same call the export shows)."""
+    n = settings["seq_len"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_SEQ_LEN:
+        raise ValueError(f"expected seq_len in [1, {MAX_SEQ_LEN}] for the explorer, got {n!r}")
+    kind = settings["pattern"]
+    if kind == "sliding_window":
+        p = patterns.sliding_window(n, settings["window"])
+    elif kind == "dilated_window":
+        p = patterns.dilated_window(n, settings["window"], settings["dilation"])
+    elif kind == "longformer":
+        p = patterns.longformer(n, settings["window"], tuple(range(settings["global_tokens"])))
+    elif kind == "bigbird":
+        p = patterns.bigbird(
+            n,
+            block_size=settings["block_size"],
+            window_blocks=settings["window_blocks"],
+            global_blocks=settings["global_blocks"],
+            random_blocks=settings["random_blocks"],
+            seed=settings["seed"],
+            num_heads=HEADS,
+        )
+    else:
+        raise ValueError(f"expected a pattern in {sorted(PATTERNS.values())}, got {kind!r}")
+    return p & patterns.causal(n) if settings["causal"] else p
+
+
+def python_source(pattern: patterns.Pattern) -> str:
+    """The pattern as runnable Python: its repr is the factory call that builds it."""
+    code = repr(pattern)
+    names = sorted(set(re.findall(r"([A-Za-z_]\w*)\(", code)))
+    return f"from sparse_attn_edu.patterns import {', '.join(names)}\n\np = {code}\n"
+
+
+def mask_mod_source(settings: dict) -> str:
+    """A FlexAttention ``mask_mod`` for the settings, as standalone source."""
+    n, bs = settings["seq_len"], settings["block_size"]
+    kind = settings["pattern"]
+    heads = HEADS if kind == "bigbird" else None
+    lines = ["import torch", "from torch.nn.attention.flex_attention import create_block_mask", ""]
+    if kind == "bigbird":
+        # The random blocks come from the library's seeded draw: take its block layout.
+        lines += [
+            "from sparse_attn_edu.patterns import bigbird",
+            "",
+            f"layout = bigbird({n}, block_size={bs}, window_blocks={settings['window_blocks']}, "
+            f"global_blocks={settings['global_blocks']}, random_blocks="
+            f"{settings['random_blocks']}, seed={settings['seed']}, num_heads={HEADS})"
+            f".block_layout({bs})  # bool (H, nb, nb)",
+            "",
+            "",
+            "def mask_mod(b, h, q_idx, kv_idx):",
+            f"    allowed = layout[h, q_idx // {bs}, kv_idx // {bs}]",
+        ]
+    else:
+        half = settings["window"] // 2
+        lines += ["", "def mask_mod(b, h, q_idx, kv_idx):", "    d = q_idx - kv_idx"]
+        if kind == "dilated_window":
+            dil = settings["dilation"]
+            lines.append(f"    allowed = (torch.abs(d) <= {half * dil}) & (d % {dil} == 0)")
+        else:
+            lines.append(f"    allowed = torch.abs(d) <= {half}  # window {settings['window']}")
+        if kind == "longformer" and settings["global_tokens"]:
+            g = settings["global_tokens"]
+            lines.append(f"    allowed = allowed | (q_idx < {g}) | (kv_idx < {g})  # global")
+    if settings["causal"]:
+        lines.append("    allowed = allowed & (q_idx >= kv_idx)  # causal")
+    lines += [
+        "    return allowed",
+        "",
+        "",
+        f"block_mask = create_block_mask(mask_mod, B=None, H={heads}, Q_LEN={n}, KV_LEN={n}, "
+        f"device='cpu', BLOCK_SIZE={bs})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class MaskExplorer:
+    """Sliders for a sparse pattern, and live views of its mask, cost and reach.
+
+    Display it as the last expression of a cell. Controls are in ``controls`` (set their
+    ``value`` from code; ``with explorer.hold(): ...`` batches several changes into one
+    update). The state of the last update: ``pattern``, ``stats``, ``receptive``,
+    ``reach_fractions``, ``connect_layers``, ``weights``, ``timings`` (seconds per view) and
+    ``error`` (the message shown; "" when the settings are valid).
+    """
+
+    def __init__(self, **values):
+        style = {"description_width": "120px"}
+        slider = dict(continuous_update=False, style=style)  # update on release
+        self.controls: dict[str, widgets.ValueWidget] = {
+            "pattern": widgets.Dropdown(
+                options=list(PATTERNS.items()), value="bigbird", description="pattern", style=style
+            ),
+            "causal": widgets.Checkbox(value=False, description="causal", style=style),
+            "seq_len": widgets.IntText(value=1024, description="seq_len", style=style),
+            "block_size": widgets.Dropdown(
+                options=[16, 32, 64, 128], value=64, description="block size", style=style
+            ),
+            "window": widgets.IntSlider(256, 2, 2048, 2, description="window (tokens)", **slider),
+            "dilation": widgets.IntSlider(2, 1, 16, description="dilation", **slider),
+            "global_tokens": widgets.IntSlider(2, 0, 256, description="global tokens", **slider),
+            "window_blocks": widgets.IntSlider(3, 1, 15, 2, description="window blocks", **slider),
+            "global_blocks": widgets.IntSlider(2, 0, 8, description="global blocks", **slider),
+            "random_blocks": widgets.IntSlider(3, 0, 8, description="random blocks", **slider),
+            "seed": widgets.IntSlider(0, 0, 99, description="seed", **slider),
+            "head": widgets.IntSlider(0, 0, HEADS - 1, description="head", **slider),
+            "layers": widgets.IntSlider(2, 1, 32, description="layers", **slider),
+            "query": widgets.IntSlider(512, 0, 1023, description="query", **slider),
+        }
+        for name, control in self.controls.items():
+            control.add_class(f"sae-{name}")  # stable hooks for the browser test
+        self.message = widgets.HTML().add_class("sae-message")
+        self.mask_image = widgets.Image(format="png").add_class("sae-mask")
+        self.reach_image = widgets.Image(format="png").add_class("sae-reach")
+        self.weights_image = widgets.Image(format="png").add_class("sae-weights")
+        self.stats_html = widgets.HTML().add_class("sae-stats")
+        self.reach_html = widgets.HTML().add_class("sae-reach-text")
+        self.export = widgets.Textarea(
+            layout=widgets.Layout(width="98%", height="300px"), disabled=True
+        ).add_class("sae-export")
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox(
+                    [
+                        widgets.VBox(
+                            [*self.controls.values(), self.message],
+                            layout=widgets.Layout(min_width="380px"),
+                        ),
+                        widgets.VBox([self.mask_image, self.stats_html]),
+                    ]
+                ),
+                widgets.HBox([self.reach_image, self.reach_html]),
+                self.weights_image,
+                widgets.HTML(
+                    "<b>Export</b>: the pattern as Python, and as a FlexAttention mask_mod"
+                ),
+                self.export,
+            ]
+        )
+
+        self.pattern: patterns.Pattern | None = None
+        self.stats: dict = {}
+        self.receptive: torch.Tensor | None = None
+        self.reach_fractions: torch.Tensor | None = None
+        self.connect_layers: float = math.nan
+        self.weights: torch.Tensor | None = None
+        self.error = ""
+        self.timings: dict[str, float] = {}
+        self.figures: dict[str, Figure] = {}  # the last figure of each view, for inspection
+        self._patterns = _LRU(16)
+        self._fractions = _LRU(64)
+        self._connect = _LRU(16)
+        self._qk = _LRU(4)
+        self._held = False
+        self._pending: set[str] = set()
+
+        unknown = set(values) - set(self.controls)
+        if unknown:
+            raise ValueError(
+                f"expected control names in {list(self.controls)}, got {sorted(unknown)}"
+            )
+        with self.hold():
+            for name, value in values.items():
+                self.controls[name].value = value
+            self._pending.add("pattern")  # first draw: every view
+        for name, control in self.controls.items():
+            control.observe(lambda change, name=name: self._changed(name), names="value")
+
+    # ---- display and batching ---------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Set several controls inside the block; the views update once, at its end."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+            pending, self._pending = self._pending, set()
+            if pending:
+                self._update(pending)
+
+    def _changed(self, name: str) -> None:
+        if self._held:
+            self._pending.add(name)
+        else:
+            self._update({name})
+
+    @property
+    def settings(self) -> dict:
+        """The controls' current values, by name."""
+        return {name: control.value for name, control in self.controls.items()}
+
+    # ---- the update ---------------------------------------------------------------------
+    def _update(self, changed: set[str]) -> None:
+        """Recompute and redraw the views that the `changed` controls affect."""
+        start = time.perf_counter()
+        self.timings = {}
+        settings = self.settings
+        self._show_controls(settings["pattern"])
+        views = set().union(*(AFFECTS.get(name, ALL_VIEWS) for name in changed))
+        try:
+            key = self._pattern_key(settings)
+            pattern = self._patterns.get_or(key, lambda: build_pattern(settings))
+            # Keep the query on the sequence; the slider's own clamp is one more update.
+            with self._quiet():
+                self.controls["query"].max = pattern.seq_len - 1
+            settings["query"] = self.controls["query"].value
+            self.pattern = pattern
+            if "mask" in views:
+                self._draw_mask(pattern, settings)
+                self._draw_stats(pattern, settings)
+                self.export.value = python_source(pattern) + "\n\n" + mask_mod_source(settings)
+            if "reach" in views:
+                self._draw_reach(pattern, key, settings)
+            if "weights" in views:
+                self._draw_weights(pattern, settings)
+        except (ValueError, TypeError) as exc:  # invalid settings: say why, keep the views
+            self.error = str(exc)
+            self.message.value = (
+                f"<span style='color:#b00020'>&#9888; {html.escape(self.error)}</span>"
+            )
+            return
+        self.error = ""
+        self.timings["total"] = time.perf_counter() - start
+        self.message.value = (
+            f"<span style='color:#555'>updated in {1000 * self.timings['total']:.0f} ms</span>"
+        )
+
+    @contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Changes made by the update itself do not trigger another update."""
+        held, self._held = self._held, True
+        try:
+            yield
+        finally:
+            self._held = held
+            self._pending.discard("query")
+
+    def _pattern_key(self, settings: dict) -> tuple:
+        used = self.USES[settings["pattern"]] - {"head"}
+        names = ["pattern", "causal", "seq_len", "block_size", *sorted(used)]
+        return tuple((name, settings[name]) for name in names)
+
+    def _show_controls(self, kind: str) -> None:
+        hidden = set().union(*self.USES.values()) - self.USES[kind]
+        for name, control in self.controls.items():
+            control.layout.display = "none" if name in hidden else None
+
+    # Controls each pattern uses; the others are hidden.
+    USES = {
+        "sliding_window": {"window"},
+        "dilated_window": {"window", "dilation"},
+        "longformer": {"window", "global_tokens"},
+        "bigbird": {"window_blocks", "global_blocks", "random_blocks", "seed", "head"},
+    }
+
+    # ---- views --------------------------------------------------------------------------
+    def _draw_mask(self, pattern: patterns.Pattern, settings: dict) -> None:
+        """Left: the token mask (a zoom on the first tokens at large n); right: block kinds."""
+        t = time.perf_counter()
+        n, bs, head = pattern.seq_len, settings["block_size"], settings["head"]
+        zoom = min(n, MAX_IMAGE_TOKENS)
+        idx = torch.arange(zoom)
+        tokens = pattern.allows(idx.view(-1, 1), idx.view(1, -1), head)  # (zoom, zoom)
+        fig = Figure(figsize=(10.0, 5.0), layout="constrained")
+        left, right = fig.subplots(1, 2)
+        title = "token mask" if zoom == n else f"token mask: zoom on tokens 0..{zoom - 1} of {n}"
+        viz.plot_mask(tokens, block_size=bs, ax=left, title=title)
+        viz.plot_block_kinds(
+            pattern, block_size=bs, head=head, ax=right, title=f"block kinds, all {n} tokens"
+        )
+        self.figures["mask"] = fig
+        self.mask_image.value = _png(fig)
+        self.timings["mask"] = time.perf_counter() - t
+
+    def _draw_stats(self, pattern: patterns.Pattern, settings: dict) -> None:
+        t = time.perf_counter()
+        s = self.stats = viz.pattern_stats(
+            pattern, block_size=settings["block_size"], head_dim=HEAD_DIM
+        )
+        tiles = f"{s['num_blocks']}²"
+        if s["num_heads"] > 1:
+            tiles += f" x {s['num_heads']} heads"
+        rows = [
+            ("density", f"{100 * s['density']:.2f} % of the n² pairs"),
+            ("active tiles", f"{s['active_blocks']} of {tiles}"),
+            ("", f"{s['partial_blocks']} partial, {s['full_blocks']} full"),
+            ("FLOPs, dense", f"{s['dense_flops']:.3g}"),
+            ("FLOPs, allowed pairs", f"{s['sparse_flops']:.3g}"),
+            ("FLOPs, active tiles", f"{s['block_flops']:.3g}"),
+            ("scores, dense", _bytes(s["dense_score_bytes"])),
+            ("scores, active tiles", _bytes(s["block_score_bytes"])),
+            ("ideal speed-up", f"{s['ideal_speedup']:.1f}x (block kernel over dense)"),
+        ]
+        body = "".join(f"<tr><td>{k}</td><td><b>{v}</b></td></tr>" for k, v in rows)
+        self.stats_html.value = (
+            f"<table><caption>cost of one head_dim={HEAD_DIM} attention, "
+            f"block {settings['block_size']}</caption>{body}</table>"
+        )
+        self.timings["stats"] = time.perf_counter() - t
+
+    def _draw_reach(self, pattern: patterns.Pattern, key: tuple, settings: dict) -> None:
+        """Left: who reaches the query after 0..L layers; right: pairs connected per layer."""
+        t = time.perf_counter()
+        layers, i, n = settings["layers"], settings["query"], pattern.seq_len
+        self.receptive = propagation.receptive_field(pattern, i, layers)  # (L + 1, n)
+        self.reach_fractions = self._fractions.get_or(
+            (key, layers), lambda: propagation.fraction_reachable(pattern, layers)
+        )  # (L + 1,)
+        self.connect_layers = self._connect.get_or(
+            key, lambda: propagation.layers_to_connect(pattern)
+        )
+        fig = Figure(figsize=(9.6, 3.0), layout="constrained")
+        left, right = fig.subplots(1, 2, width_ratios=[2, 1])
+        left.imshow(
+            self.receptive.numpy(),
+            aspect="auto",
+            cmap="Blues",
+            interpolation="nearest",
+            extent=(-0.5, n - 0.5, layers + 0.5, -0.5),
+        )
+        left.axvline(i, color="tab:red", lw=0.8)
+        left.set(
+            title=f"positions whose information reaches query {i} (red)",
+            xlabel="source position j",
+            ylabel="layers",
+            yticks=range(layers + 1),
+        )
+        right.plot(range(layers + 1), self.reach_fractions.numpy(), marker="o", ms=3)
+        right.set(
+            title="pairs (i, j) connected", xlabel="layers", ylabel="fraction", ylim=(0, 1.05)
+        )
+        self.figures["reach"] = fig
+        self.reach_image.value = _png(fig)
+        connect = (
+            "never (some pair is never connected)"
+            if math.isinf(self.connect_layers)
+            else f"after <b>{self.connect_layers}</b> layers"
+        )
+        self.reach_html.value = (
+            f"<p>after <b>{layers}</b> layers, <b>{100 * float(self.reach_fractions[-1]):.1f} %"
+            "</b> of the (query, key) pairs are connected;<br>"
+            f"every pair is connected {connect}</p>"
+        )
+        self.timings["reach"] = time.perf_counter() - t
+
+    def _draw_weights(self, pattern: patterns.Pattern, settings: dict) -> None:
+        """One query's attention weights on random q, k: stage 2's masked softmax."""
+        t = time.perf_counter()
+        n, i, head = pattern.seq_len, settings["query"], settings["head"]
+        q, k = self.random_qk(n)
+        allowed = pattern.allows(torch.tensor(i), torch.arange(n), head)  # (n,)
+        scores = (k @ q[i]) / math.sqrt(HEAD_DIM)  # (n,) q_i . k_j / sqrt(d)
+        self.weights = masked.masked_softmax(scores.view(1, n), allowed.view(1, n))[0]
+        fig = Figure(figsize=(9.6, 2.4), layout="constrained")
+        viz.plot_query_weights(
+            self.weights, allowed, i, ax=fig.subplots(), title=f"head {head}, query {i}"
+        )
+        self.figures["weights"] = fig
+        self.weights_image.value = _png(fig)
+        self.timings["weights"] = time.perf_counter() - t
+
+    def random_qk(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights view's q, k: (n, HEAD_DIM) each, standard normal, seeded by QK_SEED."""
+
+        def draw():
+            gen = torch.Generator().manual_seed(QK_SEED)
+            return torch.randn(n, HEAD_DIM, generator=gen), torch.randn(n, HEAD_DIM, generator=gen)
+
+        return self._qk.get_or(n, draw)
+
+
+def _bytes(count: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:.4g} {unit}"
+        count /= 1024
+    return f"{count:.4g} GiB"
