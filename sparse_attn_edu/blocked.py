@@ -1,0 +1,299 @@
+"""Stage 3: block-sparse attention in plain PyTorch -- compute only the tiles the pattern needs.
+
+Cut the (n, n) score matrix into tiles of ``block_size`` x ``block_size``. For Longformer
+(Beltagy et al. 2020) or BigBird (Zaheer et al. 2020) almost every tile is *empty*: no pair
+in it may attend. Stage 2 computes those tiles and throws them away; this stage never
+touches them. The cost becomes (active tiles) * bs^2 * d, which is O(n * w) for a window w.
+
+Three ideas, in the order the code uses them:
+
+1. **Compressed layout** (``layout.build_layout``): for each query block, the list of key
+   blocks it visits, full tiles first, like the rows of a CSR / BSR sparse matrix.
+   Full tiles need no element mask; partial tiles (the band's diagonal edges, a global
+   column inside a block) use their exact (bs, bs) mask from ``layout.tile_masks``.
+
+2. **Gather**: for query block r and its e-th listed key block c = row_index[r, e], copy
+   the key and value block c next to it. All query blocks take their e-th block at once,
+   so one batched matmul (B, H, R, bs, D) @ (B, H, R, D, bs) scores R tiles in one call.
+   Query blocks are grouped by how many key blocks they visit (a global row visits all of
+   them, a window row a handful), so short rows do not wait for long ones: the number of
+   Python steps is O(w / bs), not O(n / bs).
+
+3. **Online softmax** (Milakov & Gimelshein 2018; Dao et al. 2022, FlashAttention):
+   the exact softmax over a row whose keys arrive one block at a time.
+
+   For one query row with scores s_j over all its allowed keys,
+
+       out = sum_j exp(s_j - m) v_j / sum_j exp(s_j - m),      m = max_j s_j,
+
+   any m gives the same value (the factor exp(m) cancels); the maximum only keeps exp
+   from overflowing. After seeing the key blocks 1..t keep three running quantities:
+
+       m_t   = max of the scores seen so far
+       l_t   = sum_{j seen} exp(s_j - m_t)                (the softmax denominator)
+       acc_t = sum_{j seen} exp(s_j - m_t) v_j            (the unnormalized output)
+
+   A new block with scores s^(t+1) raises the maximum to m_{t+1} = max(m_t, max s^(t+1)).
+   Every old term was computed with exp(. - m_t); multiplying by alpha = exp(m_t - m_{t+1})
+   moves it to the new reference:
+
+       l_{t+1}   = alpha * l_t   + sum_j exp(s^(t+1)_j - m_{t+1})
+       acc_{t+1} = alpha * acc_t + sum_j exp(s^(t+1)_j - m_{t+1}) v_j
+
+   After the last block, out = acc / l exactly, and log l + m is the row's log-sum-exp:
+   the softmax weights are p_ij = exp(s_ij - lse_i), which ``return_weights`` uses.
+   A row with no allowed key keeps m = -inf and l = 0; we return zeros for it (as stage 2
+   and FlexAttention do) by never letting -inf - (-inf) happen.
+
+Gradients come from autograd through these plain tensor ops. The running maximum is
+detached: it is a stability shift that cancels in the result, so it carries no gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_mask, check_qkv, default_scale
+from .layout import BlockSparseLayout, build_layout
+from .patterns import Pattern, as_pattern
+
+# Score elements (B * H * rows * bs * keys) one step may hold: bounds the working memory
+# (about 4 float32 copies of it are alive at once) while keeping each matmul large.
+STEP_ELEMENTS = 1 << 23
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """Attention probabilities in compressed form, aligned with ``layout.row_index``.
+
+    ``probs[b, h, r, e]`` (bs, bs) are the weights of query block r against its e-th listed
+    key block ``layout.row_index[h, r, e]`` (zero past ``row_count``); ``lse`` (B, H, n)
+    is each row's log-sum-exp (-inf for a row with no allowed key). For a (B, H, n, n)
+    mask the layout's heads are the B * H (batch, head) pairs and ``probs`` has batch 1.
+    """
+
+    probs: torch.Tensor  # (B, H, nb, max_row, bs, bs), or (1, B * H, ...) for a 4-D mask
+    lse: torch.Tensor  # (B, H, n)
+    layout: BlockSparseLayout
+
+    def to_dense(self) -> torch.Tensor:
+        """Scatter the compressed weights into a dense (B, H, n, n) matrix (small n only)."""
+        lay, n = self.layout, self.layout.seq_len
+        batch, heads, nb, width, bs, _ = self.probs.shape
+        index = lay.row_index.long().expand(heads, nb, width)  # (H, nb, max_row)
+        listed = torch.arange(width, device=index.device) < lay.row_count.view(-1, nb, 1)
+        h, r, e = listed.expand(heads, nb, width).nonzero(as_tuple=True)
+        dense = self.probs.new_zeros(batch, heads, nb, nb, bs, bs)
+        dense[:, h, r, index[h, r, e]] = self.probs[:, h, r, e]
+        dense = dense.transpose(3, 4).reshape(batch, heads, nb * bs, nb * bs)[:, :, :n, :n]
+        return dense.reshape(*self.lse.shape, n)
+
+
+def _row_groups(layout: BlockSparseLayout) -> list[torch.Tensor]:
+    """Query blocks grouped so that, within a group, the longest row is < 2x the shortest.
+
+    Padding a group to its longest row wastes less than half its work, and there are at
+    most log2(nb) + 2 groups (Longformer: the window rows, and the global row).
+    """
+    count = layout.row_count.max(0).values.cpu()  # (nb,) longest row over layout heads
+    order = count.argsort(stable=True)
+    groups, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or count[order[i]] > 2 * max(int(count[order[start]]), 1):
+            groups.append(order[start:i])
+            start = i
+    return groups
+
+
+def _blocks(x: torch.Tensor, nb: int, bs: int) -> torch.Tensor:
+    """(B, H, N, D) -> (nb, B * H, bs, D): block-major, so a gather copies whole tiles."""
+    batch, heads, n, dim = x.shape
+    x = torch.nn.functional.pad(x, (0, 0, 0, nb * bs - n))  # zero-pad N up to nb * bs
+    return x.view(batch * heads, nb, bs, dim).transpose(0, 1).contiguous()
+
+
+def _unblocks(x: torch.Tensor, batch: int, heads: int, n: int) -> torch.Tensor:
+    """(nb, B * H, bs, ...) -> (B, H, n, ...): the inverse of `_blocks`, padding dropped."""
+    x = x.transpose(0, 1).flatten(1, 2)[:, :n]  # (B * H, nb * bs, ...)
+    return x.reshape(batch, heads, n, *x.shape[2:])
+
+
+class _Gatherer:
+    """Fetches, for a group of query blocks, their listed key/value blocks and masks."""
+
+    def __init__(self, layout: BlockSparseLayout, k: torch.Tensor, v: torch.Tensor):
+        self.layout = layout
+        nb, bs = layout.num_blocks, layout.block_size
+        batch_heads = k.shape[0] * k.shape[1]
+        # One row per (key block, batch-head) tile: row c * BH + bh of (nb * BH, bs, D).
+        self.k = _blocks(k, nb, bs).flatten(0, 1)
+        self.v = _blocks(v, nb, bs).flatten(0, 1)
+        self.batch_heads = torch.arange(batch_heads, device=k.device)
+        # Layout head of each batch-head: all 0 when shared, else h (or b * H + h if folded).
+        self.layout_head = self.batch_heads % layout.num_layout_heads
+        # Keys past seq_len (a short last block) are never attended, even in a "full" tile.
+        self.key_valid = (torch.arange(nb * bs, device=k.device) < layout.seq_len).view(nb, bs)
+        self.ragged = layout.seq_len % bs != 0
+
+    def step(self, rows: torch.Tensor, first: int, last: int):
+        """Keys, values (R, BH, C * bs, D) and mask (or None) of slots [first, last) of `rows`."""
+        lay, bs = self.layout, self.layout.block_size
+        index = lay.row_index[:, rows, first:last].long()  # (H', R, C) key block ids
+        tile = lay.row_tile[:, rows, first:last].long()  # (H', R, C) partial tile ids or -1
+        listed = torch.arange(first, last, device=index.device) < lay.row_count[:, rows, None]
+
+        # The gather: tile (r, bh, c) is row index * BH + bh of the flat key blocks.
+        flat = index[self.layout_head].permute(1, 0, 2) * len(self.batch_heads)  # (R, BH, C)
+        flat = (flat + self.batch_heads.view(1, -1, 1)).flatten()
+        rows_, heads_, slots = len(rows), len(self.batch_heads), last - first
+        keys = self.k.index_select(0, flat).view(rows_, heads_, slots * bs, -1)
+        values = self.v.index_select(0, flat).view(rows_, heads_, slots * bs, -1)
+
+        full = listed & (tile < 0)
+        if self.ragged:
+            full &= index != lay.num_blocks - 1
+        if bool(full.all()):
+            return keys, values, None  # every tile full: no mask to apply
+        # Partial tiles take their exact element mask; full or unlisted ones a key mask.
+        mask = (self.key_valid[index] & listed.unsqueeze(-1)).unsqueeze(-2)  # (H', R, C, 1, bs)
+        if len(lay.tile_masks):
+            element = lay.tile_masks[tile.clamp(min=0)]  # (H', R, C, bs, bs)
+            mask = torch.where((tile >= 0).view(*tile.shape, 1, 1), element, mask)
+        mask = mask.expand(-1, -1, -1, bs, -1).permute(1, 0, 3, 2, 4)  # (R, H', bs, C, bs)
+        mask = mask.reshape(rows_, -1, bs, slots * bs)  # columns in the order of `keys`
+        if 1 < mask.shape[1] < heads_:  # per-head layout, batch > 1: repeat it per batch
+            mask = mask.repeat(1, heads_ // mask.shape[1], 1, 1)
+        return keys, values, mask
+
+
+def _scores(q_rows, keys, mask, dtype):
+    """q_rows (R, BH, bs, D) @ keys^T -> masked scores (R, BH, bs, C * bs) in `dtype`."""
+    scores = (q_rows @ keys.transpose(-2, -1)).to(dtype)
+    if mask is not None:
+        scores = scores.masked_fill_(~mask, float("-inf"))  # in place: matmul keeps no output
+    return scores
+
+
+def _slot_chunk(batch_heads: int, rows: int, bs: int, width: int) -> int:
+    """Key blocks per step: as many as fit in STEP_ELEMENTS scores, at least one."""
+    return max(1, min(width, STEP_ELEMENTS // (batch_heads * rows * bs * bs)))
+
+
+def _group_forward(q_rows, gather: _Gatherer, rows, width, acc_dtype):
+    """Online softmax over the `width` listed key blocks of query blocks `rows`."""
+    num_rows, batch_heads, bs, dim = q_rows.shape
+    acc = q_rows.new_zeros(num_rows, batch_heads, bs, dim, dtype=acc_dtype)
+    total = q_rows.new_zeros(num_rows, batch_heads, bs, 1, dtype=acc_dtype)
+    row_max = q_rows.new_full((num_rows, batch_heads, bs, 1), float("-inf"), dtype=acc_dtype)
+    chunk = _slot_chunk(batch_heads, num_rows, bs, width)
+    for first in range(0, width, chunk):
+        keys, values, mask = gather.step(rows, first, min(first + chunk, width))
+        scores = _scores(q_rows, keys, mask, acc_dtype)  # (R, BH, bs, C * bs)
+        new_max = torch.maximum(row_max, scores.detach().amax(-1, keepdim=True))
+        # Shift by the new max; a row with nothing allowed yet (max -inf) shifts by 0.
+        shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        alpha = torch.exp(row_max - shift)  # rescales the old terms; exp(-inf) = 0 at start
+        p = scores.sub_(shift).exp_()  # (R, BH, bs, C * bs); masked pairs: exp(-inf) = 0
+        total = alpha * total + p.sum(-1, keepdim=True)
+        values = values.to(acc_dtype).flatten(0, 1)  # (R * BH, C * bs, D)
+        acc = torch.baddbmm((alpha * acc).flatten(0, 1), p.flatten(0, 1), values)
+        acc = acc.view(num_rows, batch_heads, bs, dim)  # alpha * acc + p @ v
+        row_max = new_max
+    # out = acc / l; an empty row has acc = 0 and l = 0: divide by 1 to keep it 0.
+    out = acc / torch.where(total > 0, total, torch.ones_like(total))
+    lse = row_max + torch.log(total)  # -inf for empty rows
+    return out, lse.squeeze(-1)
+
+
+def _group_probs(q_rows, gather: _Gatherer, rows, width, lse_rows, acc_dtype):
+    """exp(s - lse) for every listed tile of `rows`: (BH, R, width, bs, bs)."""
+    num_rows, batch_heads, bs, _ = q_rows.shape
+    lse = torch.where(torch.isfinite(lse_rows), lse_rows, torch.zeros_like(lse_rows))
+    parts = []
+    chunk = _slot_chunk(batch_heads, num_rows, bs, width)
+    for first in range(0, width, chunk):
+        keys, _, mask = gather.step(rows, first, min(first + chunk, width))
+        p = torch.exp(_scores(q_rows, keys, mask, acc_dtype) - lse.unsqueeze(-1))
+        parts.append(p.unflatten(-1, (-1, bs)).permute(1, 0, 3, 2, 4))  # (BH, R, C, bs, bs)
+    return torch.cat(parts, dim=2)
+
+
+def _resolve_layout(pattern, batch: int, heads: int, n: int, block_size: int, device):
+    """The layout for `pattern`, and whether the batch was folded into the heads."""
+    fold = False
+    if isinstance(pattern, torch.Tensor):
+        mask = check_mask(pattern, batch, heads, n)  # (B|1, H|1, n, n)
+        if mask.shape[0] > 1:
+            # A mask per batch element: treat (b, h) pairs as B * H heads of one batch.
+            pattern = mask.expand(batch, heads, n, n).reshape(batch * heads, n, n)
+            fold = True
+    pattern = as_pattern(pattern)
+    if pattern.seq_len != n:
+        raise ValueError(f"expected a pattern with seq_len {n}, got {pattern.seq_len}")
+    layout = build_layout(pattern, block_size, device)
+    expected = batch * heads if fold else heads
+    if layout.num_layout_heads not in (1, expected):
+        raise ValueError(
+            f"expected a pattern shared by all heads or with {expected} heads, "
+            f"got one with {layout.num_layout_heads}"
+        )
+    return layout, fold
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern | torch.Tensor,
+    block_size: int = 64,
+    scale: float | None = None,
+    return_weights: bool = False,
+):
+    """Exact softmax attention over the pattern's active tiles only.
+
+    q, k, v: (batch, heads, seq_len, head_dim). `pattern`: a Pattern (shared, or per head
+    with num_heads == heads) or a bool mask (n, n), (H, n, n) or (B, H, n, n).
+    Returns the output shaped like q; with ``return_weights=True`` also a
+    :class:`BlockWeights` (compressed probabilities and log-sum-exp; ``.to_dense()``).
+    """
+    batch, heads, n, dim = check_qkv(q, k, v)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"expected block_size to be a positive int, got {block_size!r}")
+    layout, fold = _resolve_layout(pattern, batch, heads, n, block_size, q.device)
+    if fold:  # (B, H, N, D) -> (1, B * H, N, D)
+        q, k, v = (t.reshape(1, batch * heads, n, dim) for t in (q, k, v))
+    scale = default_scale(dim, scale)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)  # bf16 / fp16 accumulate in fp32
+
+    nb, bs = layout.num_blocks, block_size
+    batch_heads = q.shape[0] * q.shape[1]
+    q_blocks = _blocks(q * scale, nb, bs)  # (nb, BH, bs, D), scale folded into q once
+    gather = _Gatherer(layout, k, v)
+    outs, lses, probs, order = [], [], [], []
+    for rows in _row_groups(layout):
+        rows = rows.to(q.device)
+        # Rows with no key at all still take one (fully masked) step: zeros, in the graph.
+        width = max(int(layout.row_count[:, rows].max()), 1)
+        q_rows = q_blocks.index_select(0, rows)  # (R, BH, bs, D)
+        out, lse = _group_forward(q_rows, gather, rows, width, acc_dtype)
+        outs.append(out)
+        lses.append(lse)
+        order.append(rows)
+        if return_weights:
+            shape = (batch_heads, len(rows), layout.row_index.shape[-1], bs, bs)
+            p = q_rows.new_zeros(shape, dtype=acc_dtype)
+            p[:, :, :width] = _group_probs(q_rows, gather, rows, width, lse, acc_dtype)
+            probs.append(p)
+
+    # Groups come in order of row length: put the query blocks back in sequence order.
+    inverse = torch.cat(order).argsort()
+    out = torch.cat(outs).index_select(0, inverse)  # (nb, BH, bs, D)
+    out = _unblocks(out, batch, heads, n).to(q.dtype)  # (B, H, N, D)
+    if not return_weights:
+        return out
+    lse = _unblocks(torch.cat(lses).index_select(0, inverse), batch, heads, n)  # (B, H, N)
+    probs = torch.cat(probs, dim=1).index_select(1, inverse)  # (BH, nb, max_row, bs, bs)
+    probs = probs.view(q.shape[0], q.shape[1], *probs.shape[1:])
+    return out, BlockWeights(probs, lse, layout)
