@@ -114,7 +114,7 @@ def test_random_window_and_globals(n, half, block_size, seed):
 def test_work_lists_cover_every_entry_once_longest_first():
     pattern = patterns.bigbird(256, 32, 3, 1, 2, seed=0, num_heads=2)
     kl = tk.kernel_layout(pattern, 32, DEVICE, max_tiles=3)
-    for work, count in ((kl.rows, kl.layout.row_count), (kl.cols, kl.layout.col_count)):
+    for work, count in ((kl.rows.work, kl.rows.count), (kl.cols.work, kl.cols.count)):
         for head in range(2):
             items = {tuple(item) for item in work.items[head].tolist()}  # padding repeats
             covered = sorted((b, j) for b, start, stop, _ in items for j in range(start, stop))
@@ -165,7 +165,7 @@ def test_long_lists_cut_in_pieces_and_merged(monkeypatch, pattern):
     n = pattern.seq_len
     ours, reference = compare(pattern, 1, 2, n, 16, torch.float32, 16)
     assert_close(ours, reference, torch.float32)
-    assert tk.kernel_layout(pattern, 16, DEVICE, 1).rows.merges.shape[1] > 0  # really split
+    assert tk.kernel_layout(pattern, 16, DEVICE, 1).rows.work.merges.shape[1] > 0  # really split
 
 
 @pytest.mark.parametrize("max_tiles", [1, 64])
