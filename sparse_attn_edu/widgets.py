@@ -31,9 +31,11 @@ import html
 import io
 import math
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import ipywidgets as widgets
@@ -166,7 +168,8 @@ class MaskExplorer:
     Display it as the last expression of a cell. Controls are in ``controls`` (set their
     ``value`` from code; ``with explorer.hold(): ...`` batches several changes into one
     update). The state of the last update: ``pattern``, ``stats``, ``receptive``,
-    ``reach_fractions``, ``connect_layers``, ``weights``, ``timings`` (seconds per view) and
+    ``reach_fractions``, ``connect_layers`` (after ``wait()``: reachability is computed on a
+    worker thread when it is not cached), ``weights``, ``timings`` (seconds per view) and
     ``error`` (the message shown; "" when the settings are valid).
     """
 
@@ -234,9 +237,16 @@ class MaskExplorer:
         self.timings: dict[str, float] = {}
         self.figures: dict[str, Figure] = {}  # the last figure of each view, for inspection
         self._patterns = _LRU(16)
+        self._receptive = _LRU(64)
         self._fractions = _LRU(64)
         self._connect = _LRU(16)
         self._qk = _LRU(4)
+        # Reachability may take seconds: one worker thread computes it, one lock keeps
+        # matplotlib drawing to one thread at a time.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask-explorer")
+        self._reach_job: Future | None = None
+        self._reach_token: object | None = None
+        self._draw_lock = threading.Lock()
         self._held = False
         self._pending: set[str] = set()
 
@@ -296,24 +306,27 @@ class MaskExplorer:
             settings["query"] = self.controls["query"].value
             self.pattern = pattern
             if "mask" in views:
-                self._draw_mask(pattern, settings)
+                with self._draw_lock:
+                    self._draw_mask(pattern, settings)
                 self._draw_stats(pattern, settings)
                 self.export.value = python_source(pattern) + "\n\n" + mask_mod_source(settings)
             if "reach" in views:
                 self._draw_reach(pattern, key, settings)
             if "weights" in views:
-                self._draw_weights(pattern, settings)
+                with self._draw_lock:
+                    self._draw_weights(pattern, settings)
         except (ValueError, TypeError) as exc:  # invalid settings: say why, keep the views
-            self.error = str(exc)
-            self.message.value = (
-                f"<span style='color:#b00020'>&#9888; {html.escape(self.error)}</span>"
-            )
+            self._show_error(exc)
             return
         self.error = ""
         self.timings["total"] = time.perf_counter() - start
         self.message.value = (
             f"<span style='color:#555'>updated in {1000 * self.timings['total']:.0f} ms</span>"
         )
+
+    def _show_error(self, exc: Exception) -> None:
+        self.error = str(exc)
+        self.message.value = f"<span style='color:#b00020'>&#9888; {html.escape(self.error)}</span>"
 
     @contextmanager
     def _quiet(self) -> Iterator[None]:
@@ -389,20 +402,51 @@ class MaskExplorer:
         self.timings["stats"] = time.perf_counter() - t
 
     def _draw_reach(self, pattern: patterns.Pattern, key: tuple, settings: dict) -> None:
-        """Left: who reaches the query after 0..L layers; right: pairs connected per layer."""
-        t = time.perf_counter()
-        layers, i, n = settings["layers"], settings["query"], pattern.seq_len
-        self.receptive = propagation.receptive_field(pattern, i, layers)  # (L + 1, n)
-        self.reach_fractions = self._fractions.get_or(
-            (key, layers), lambda: propagation.fraction_reachable(pattern, layers)
-        )  # (L + 1,)
-        self.connect_layers = self._connect.get_or(
-            key, lambda: propagation.layers_to_connect(pattern)
-        )
+        """Reachability: drawn now when cached, else computed on the worker thread.
+
+        Propagation through many layers can take seconds (an intersection with the causal
+        mask at n = 4096): the other views must not wait for it.
+        """
+        layers, i = settings["layers"], settings["query"]
+        token = self._reach_token = object()  # the settings now on screen
+        if self._reach_job is not None:
+            self._reach_job.cancel()  # not started yet: nobody will look at it
+
+        def job() -> None:
+            t = time.perf_counter()
+            try:
+                receptive = self._receptive.get_or(
+                    (key, layers, i), lambda: propagation.receptive_field(pattern, i, layers)
+                )  # (L + 1, n)
+                fractions = self._fractions.get_or(
+                    (key, layers), lambda: propagation.fraction_reachable(pattern, layers)
+                )  # (L + 1,)
+                connect = self._connect.get_or(key, lambda: propagation.layers_to_connect(pattern))
+            except (ValueError, TypeError) as exc:
+                self._show_error(exc)
+                return
+            with self._draw_lock:
+                if token is self._reach_token:  # still wanted: draw it
+                    self._show_reach(pattern.seq_len, layers, i, receptive, fractions, connect)
+            self.timings["reach"] = time.perf_counter() - t
+
+        if (
+            (key, layers, i) in self._receptive
+            and (key, layers) in self._fractions
+            and (key in self._connect)
+        ):
+            job()
+        else:
+            self.reach_html.value = "<p><i>computing reachability ...</i></p>"
+            self._reach_job = self._worker.submit(job)
+
+    def _show_reach(self, n, layers, i, receptive, fractions, connect) -> None:
+        """Left: who reaches query i after 0..L layers; right: pairs connected per layer."""
+        self.receptive, self.reach_fractions, self.connect_layers = receptive, fractions, connect
         fig = Figure(figsize=(9.6, 3.0), layout="constrained")
         left, right = fig.subplots(1, 2, width_ratios=[2, 1])
         left.imshow(
-            self.receptive.numpy(),
+            receptive.numpy(),
             aspect="auto",
             cmap="Blues",
             interpolation="nearest",
@@ -415,23 +459,26 @@ class MaskExplorer:
             ylabel="layers",
             yticks=range(layers + 1),
         )
-        right.plot(range(layers + 1), self.reach_fractions.numpy(), marker="o", ms=3)
+        right.plot(range(layers + 1), fractions.numpy(), marker="o", ms=3)
         right.set(
             title="pairs (i, j) connected", xlabel="layers", ylabel="fraction", ylim=(0, 1.05)
         )
         self.figures["reach"] = fig
         self.reach_image.value = _png(fig)
-        connect = (
+        when = (
             "never (some pair is never connected)"
-            if math.isinf(self.connect_layers)
-            else f"after <b>{self.connect_layers}</b> layers"
+            if math.isinf(connect)
+            else f"after <b>{connect}</b> layers"
         )
         self.reach_html.value = (
-            f"<p>after <b>{layers}</b> layers, <b>{100 * float(self.reach_fractions[-1]):.1f} %"
-            "</b> of the (query, key) pairs are connected;<br>"
-            f"every pair is connected {connect}</p>"
+            f"<p>after <b>{layers}</b> layers, <b>{100 * float(fractions[-1]):.1f} %"
+            f"</b> of the (query, key) pairs are connected;<br>every pair is connected {when}</p>"
         )
-        self.timings["reach"] = time.perf_counter() - t
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the reachability view shows the current settings."""
+        if self._reach_job is not None:
+            self._reach_job.result(timeout)
 
     def _draw_weights(self, pattern: patterns.Pattern, settings: dict) -> None:
         """One query's attention weights on random q, k: stage 2's masked softmax."""

@@ -37,9 +37,11 @@ def window_ref(n: int, w: int, causal: bool = False, globals_: int = 0, dilation
 @pytest.fixture
 def small():
     """A sliding-window explorer at a size brute force handles."""
-    return MaskExplorer(
+    explorer = MaskExplorer(
         pattern="sliding_window", seq_len=96, window=8, block_size=16, layers=2, query=40
     )
+    explorer.wait()
+    return explorer
 
 
 def drawn_token_mask(explorer: MaskExplorer) -> torch.Tensor:
@@ -99,6 +101,7 @@ def test_reach_follows_the_receptive_field_rule(small):
     # A window of width w reaches w/2 further each layer (Longformer, section 3.1).
     for layers in (1, 3):
         small.controls["layers"].value = layers
+        small.wait()
         expected = torch.tensor(
             [[abs(40 - j) <= layer * 4 for j in range(96)] for layer in range(layers + 1)]
         )
@@ -113,8 +116,10 @@ def test_global_tokens_connect_in_two_layers_and_dilation_never(small):
     with small.hold():
         small.controls["pattern"].value = "longformer"
         small.controls["global_tokens"].value = 1
+    small.wait()
     assert small.connect_layers == 2
     small.controls["pattern"].value = "dilated_window"  # only even offsets: never
+    small.wait()
     assert small.connect_layers == math.inf
     assert "never" in small.reach_html.value
 
@@ -126,6 +131,7 @@ def test_layers_redraws_reach_only(small):
         small.reach_image.value,
     )
     small.controls["layers"].value = 4
+    small.wait()
     assert small.mask_image.value == mask_png
     assert small.weights_image.value == weights_png
     assert small.reach_image.value != reach_png
