@@ -61,7 +61,7 @@ from .patterns import Pattern, as_pattern
 
 # Score elements (B * H * rows * bs * keys) one step may hold: bounds the working memory
 # (about 4 float32 copies of it are alive at once) while keeping each matmul large.
-STEP_ELEMENTS = 1 << 23
+STEP_ELEMENTS = 1 << 25
 
 
 @dataclass(frozen=True)

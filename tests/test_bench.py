@@ -1,0 +1,50 @@
+"""Smoke test of the benchmark CLI on tiny sizes: it runs and writes what it promises.
+
+No timing is checked (tests never time anything); the report's structure, the skip rule
+and the slope helper are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from sparse_attn_edu import bench
+
+
+def test_cli_writes_json_markdown_and_plot(tmp_path):
+    argv = [
+        "--seq-lens", "32", "64", "--heads", "2", "--head-dim", "8", "--window", "8",
+        "--block-size", "16", "--methods", "blocked", "masked", "sdpa_mask",
+        "--min-run-time", "0.01", "--backward", "--in-process", "--out", str(tmp_path),
+    ]  # fmt: skip
+    report = bench.main(argv)
+    stored = json.loads((tmp_path / "bench_cpu.json").read_text())
+    assert stored["command"].startswith("python -m sparse_attn_edu.bench --seq-lens 32 64")
+    assert stored["versions"]["torch"] and stored["date"] and stored["device"]
+    rows = {(r["method"], r["n"]): r for r in stored["results"]}
+    assert set(rows) == {(m, n) for m in ("blocked", "masked", "sdpa_mask") for n in (32, 64)}
+    for r in rows.values():
+        assert r["status"] == "ok", r
+        for key in ("fwd_ms", "fwd_bwd_ms", "peak_fwd_mb", "build_s", "fwd_tflops"):
+            assert r[key] >= 0, (key, r)
+    # blocked computes fewer tiles than the n x n kernels: its TFLOP/s count less work.
+    assert rows[("blocked", 64)]["fwd_tflops"] * rows[("blocked", 64)]["fwd_ms"] < (
+        rows[("masked", 64)]["fwd_tflops"] * rows[("masked", 64)]["fwd_ms"]
+    )
+    assert "masked" in report["summary"]["longformer"]["speedup_fwd_ms"]
+    assert (tmp_path / "bench_cpu.png").stat().st_size > 0
+    assert "| 64 | blocked |" in (tmp_path / "bench_cpu.md").read_text()
+
+
+def test_configurations_that_cannot_fit_are_skipped_with_a_note():
+    args = bench.parse_args(["--heads", "16", "--batch", "64"])
+    args.pattern = "longformer"
+    result = bench.measure(args, "masked", 1 << 20)  # (64, 16, 2^20, 2^20) never fits
+    assert result["status"].startswith("skipped: needs")
+
+
+def test_slope_of_power_laws():
+    ns = [1000, 2000, 4000]
+    assert math.isclose(bench.slope(ns, [n**2 for n in ns]), 2.0)
+    assert math.isclose(bench.slope(ns, [3 * n for n in ns]), 1.0)
