@@ -275,7 +275,7 @@ def run_one(args, method: str, n: int, pattern: str) -> dict:
         return measure(argparse.Namespace(**config), method, n)
     worker = [sys.executable, "-m", "sparse_attn_edu.bench", "--worker", method, str(n)]
     proc = subprocess.run(
-        worker + ["--config", json.dumps(config)],
+        worker + ["--config", json.dumps(config, default=str)],
         capture_output=True,
         text=True,
         timeout=args.timeout,

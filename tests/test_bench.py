@@ -37,6 +37,14 @@ def test_cli_writes_json_markdown_and_plot(tmp_path):
     assert "| 64 | blocked |" in (tmp_path / "bench_cpu.md").read_text()
 
 
+def test_each_configuration_can_run_in_a_fresh_process(tmp_path):
+    argv = ["--seq-lens", "32", "--heads", "1", "--head-dim", "4", "--window", "4",
+            "--block-size", "8", "--methods", "blocked", "--min-run-time", "0.01",
+            "--out", str(tmp_path)]  # fmt: skip
+    (result,) = bench.main(argv)["results"]
+    assert result["status"] == "ok" and result["fwd_ms"] > 0, result
+
+
 def test_configurations_that_cannot_fit_are_skipped_with_a_note():
     args = bench.parse_args(["--heads", "16", "--batch", "64"])
     args.pattern = "longformer"
