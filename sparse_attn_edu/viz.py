@@ -209,7 +209,7 @@ def plot_mask(
     ax.legend(
         handles=handles,
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.1),
+        bbox_to_anchor=(0.5, -0.12),
         ncol=2,
         fontsize="small",
         frameon=False,
@@ -314,8 +314,8 @@ def plot_growth(
 ) -> Figure:
     """Measurements (one line per name in `series`) against n, log-log, with n^power dashed.
 
-    The reference line starts at the first series' first point, so a series that grows as
-    n^power runs parallel to it.
+    The reference line goes through the first series' value at the largest n (the least noisy
+    measurement), so a series that grows as n^power runs along it.
     """
     fig, ax = _figure_and_axes(ax, (5.2, 3.8))
     for name, values in series.items():
@@ -324,9 +324,9 @@ def plot_growth(
                 f"expected {len(sizes)} values for {name!r} (one per size), got {len(values)}"
             )
         ax.loglog(sizes, values, "o-", label=name)
-    first = next(iter(series.values()))[0]
-    reference = [first * (n / sizes[0]) ** power for n in sizes]
-    ax.loglog(sizes, reference, "--", color="#9a9a9a", label=f"∝ n^{power:g}")
+    anchor = next(iter(series.values()))[-1]
+    reference = [anchor * (n / sizes[-1]) ** power for n in sizes]
+    ax.loglog(sizes, reference, "--", color="#9a9a9a", label=rf"$\propto n^{{{power:g}}}$")
     ax.set_xlabel("sequence length n")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")

@@ -184,7 +184,7 @@ def test_plot_growth_lines():
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     np.testing.assert_allclose(lines["masked"].get_ydata(), [2.0, 8.0, 32.0])
-    np.testing.assert_allclose(lines["∝ n^2"].get_ydata(), [1.0, 4.0, 16.0])  # from dense
+    np.testing.assert_allclose(lines[r"$\propto n^{2}$"].get_ydata(), [1.0, 4.0, 16.0])
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     with pytest.raises(ValueError, match="expected 3 values for 'x'.*got 2"):
         viz.plot_growth(sizes, {"x": [1.0, 2.0]}, "ms")
