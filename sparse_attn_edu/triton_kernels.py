@@ -34,8 +34,11 @@ dK and dV sum over queries, so their kernel owns one key block and walks the col
 (the query blocks that visit it); dQ sums over keys, so its kernel owns one query block and
 walks the row lists, as the forward does. Two passes, no atomics.
 
-Programs are launched longest list first (Graham's LPT rule): Longformer's global rows and
-columns visit every block, and starting them first keeps them off the tail of the launch.
+Long lists. Longformer's and BigBird's global rows and columns visit every block: one
+program walking such a list alone would finish long after the others. So a list longer
+than MAX_TILES_PER_PROGRAM is cut in pieces run by separate programs, whose partial
+results a small kernel merges (the same online-softmax update for the output, a plain sum
+for the gradients), and programs are launched longest first (Graham's LPT rule).
 
 Without a CUDA device, this module sets ``TRITON_INTERPRET=1`` before any kernel is
 defined, so the same kernels run in Triton's interpreter on CPU tensors (slowly: tiny
@@ -85,8 +88,7 @@ if INTERPRETED:
 
 from ._checks import check_qkv, default_scale  # noqa: E402
 from .layout import BlockSparseLayout, build_layout  # noqa: E402
-from .layout import _compress as compress_kinds  # noqa: E402
-from .patterns import EMPTY, FULL, PARTIAL, Pattern, as_pattern  # noqa: E402
+from .patterns import Pattern, as_pattern  # noqa: E402
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -436,7 +438,10 @@ def _sum_pieces_kernel(
 
 # A program walks at most this many tiles; longer lists (Longformer's global rows and
 # columns visit every block) are cut in pieces run by separate programs, then merged.
-MAX_TILES_PER_PROGRAM = 32
+# On an H200 at n = 16384, 64 beat 32 and 16 (fewer merges) and no cutting at all
+# (BigBird forward 0.33 ms against 0.41 ms: one program walking a 256-tile global row
+# finished last).
+MAX_TILES_PER_PROGRAM = 64
 
 
 @dataclass(frozen=True)
@@ -497,52 +502,13 @@ def work_list(count: torch.Tensor, max_tiles: int) -> WorkList:
 
 
 @dataclass(frozen=True)
-class BlockLists:
-    """One direction of the layout as a kernel walks it (see layout.py for the fields)."""
-
-    count: torch.Tensor  # int32 (H', blocks)
-    full_count: torch.Tensor  # int32 (H', blocks)
-    index: torch.Tensor  # int32 (H', blocks, width)
-    tile: torch.Tensor  # int32 (H', blocks, width)
-    work: WorkList
-
-
-@dataclass(frozen=True)
 class KernelLayout:
-    """What the kernels read, built once per pattern: tiles of block_m queries x bs keys."""
+    """A BlockSparseLayout plus what the kernels need beside it, built once per pattern."""
 
-    layout: BlockSparseLayout  # the pattern's square layout at block size bs
-    block_m: int  # queries per program: bs, or a group of query blocks
-    rows: BlockLists  # forward and dQ programs: one per query block of block_m
-    cols: BlockLists  # dK/dV programs: one per key block of bs
-    masks: torch.Tensor  # uint8 (max(T, 1), block_m, bs): element masks of partial tiles
-
-
-# Query blocks one program takes, by layout block size: with block 64 a program owns 128
-# queries (the tile the Triton tutorial uses on Hopper), sharing each key tile it loads
-# between twice the queries -- when the two rows' lists overlap enough that the union
-# costs at most MAX_GROUP_OVERHEAD extra tiles (a band does; BigBird's random blocks don't).
-QUERY_GROUP = {64: 2}
-MAX_GROUP_OVERHEAD = 0.25
-
-
-def _grouped_kinds(kinds: torch.Tensor, group: int) -> torch.Tensor:
-    """Kinds (H', nb, nb) of tiles of `group` query blocks x 1 key block: (H', ceil(nb/g), nb).
-
-    Such a tile is empty when all its parts are, full when all are full (rows past the end
-    count as full: they are never stored), partial otherwise.
-    """
-    heads, nb, _ = kinds.shape
-    pad = -nb % group
-    parts = torch.nn.functional.pad(kinds, (0, 0, 0, pad), value=-1).view(heads, -1, group, nb)
-    active = (parts > 0).any(2)
-    full = ((parts == FULL) | (parts < 0)).all(2) & active
-    return torch.where(full, FULL, torch.where(active, PARTIAL, EMPTY)).to(torch.int8)
-
-
-def _lists(kinds: torch.Tensor, tile_id: torch.Tensor, max_tiles: int) -> BlockLists:
-    count, full_count, index, tile = compress_kinds(kinds, tile_id)
-    return BlockLists(count, full_count, index, tile, work_list(count, max_tiles))
+    layout: BlockSparseLayout
+    rows: WorkList  # forward and dQ programs: query blocks
+    cols: WorkList  # dK/dV programs: key blocks
+    masks: torch.Tensor  # uint8 (max(T, 1), bs, bs): tile_masks as bytes
 
 
 def kernel_layout(
@@ -551,45 +517,31 @@ def kernel_layout(
     device: torch.device | str,
     max_tiles: int = MAX_TILES_PER_PROGRAM,
 ) -> KernelLayout:
-    """The layout of `pattern` as the kernels walk it, cached on the pattern."""
+    """The layout of `pattern` with the kernels' work lists and byte masks, cached."""
     pattern = as_pattern(pattern)
     cache = pattern.__dict__.setdefault("_kernel_layout_cache", {})
-    group = QUERY_GROUP.get(block_size, 1)
-    key = (block_size, str(torch.device(device)), max_tiles, group, MAX_GROUP_OVERHEAD)
-    if key in cache:
-        return cache[key]
-
-    layout = build_layout(pattern, block_size, device)
-    kinds = _grouped_kinds(layout.kinds, group) if group > 1 else layout.kinds
-    if group > 1 and group * int((kinds != EMPTY).sum()) > (1 + MAX_GROUP_OVERHEAD) * int(
-        (layout.kinds != EMPTY).sum()
-    ):
-        group, kinds = 1, layout.kinds
-    partial = (kinds == PARTIAL).nonzero()  # (T, 3): head, query block (group), key block
-    tile_id = torch.full(kinds.shape, -1, dtype=torch.long, device=device)
-    tile_id[partial.unbind(1)] = torch.arange(len(partial), device=device)
-    if group == 1:
-        masks = layout.tile_masks
-    else:  # each grouped partial tile stacks the exact masks of its `group` parts
-        parts = partial.repeat_interleave(group, 0)
-        parts[:, 1] = parts[:, 1] * group + torch.arange(group, device=device).repeat(len(partial))
-        masks = pattern.tile_masks(parts, block_size).view(-1, group * block_size, block_size)
-    masks = masks.view(torch.uint8)  # same bytes, a type Triton loads
-    if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
-        masks = torch.zeros(1, group * block_size, block_size, dtype=torch.uint8, device=device)
-    rows = _lists(kinds, tile_id, max_tiles)
-    cols = _lists(kinds.transpose(1, 2), tile_id.transpose(1, 2), max_tiles)
-    cache[key] = KernelLayout(layout, group * block_size, rows, cols, masks)
+    key = (block_size, str(torch.device(device)), max_tiles)
+    if key not in cache:
+        layout = build_layout(pattern, block_size, device)
+        masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
+        if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
+            masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)
+        rows = work_list(layout.row_count, max_tiles)
+        cols = work_list(layout.col_count, max_tiles)
+        cache[key] = KernelLayout(layout, rows, cols, masks)
     return cache[key]
 
 
-def _launch_config(kernel: str, block_m: int, block_n: int, head_dim: int) -> dict:
-    """num_warps / num_stages of `kernel` (forward, dkdv, dq) for its tile shape.
+def _launch_config(kernel: str, block_size: int, head_dim: int) -> dict:
+    """num_warps / num_stages of `kernel` (forward, dkdv, dq).
 
-    Timed on an H200 (bf16, D = 64, n = 16384): with 64 x 64 tiles, 4 warps and 2 stages
-    were the fastest of {4, 8} x {1..4} for all three kernels (8 warps: 1.6x slower).
+    Timed on an H200 (bf16, block 64, D = 64, n = 16384, Longformer and BigBird): 4 warps
+    beat 8 (1.6-1.9x slower) for every kernel; the forward likes 3 stages, the backward 2.
+    Programs of 128 queries (two query blocks sharing each key tile, as in the Triton
+    tutorial) were slower here: Longformer forward 0.43 ms against 0.39 ms.
     """
-    return {"num_warps": 4 if block_m >= 64 or head_dim > 64 else 2, "num_stages": 2}
+    warps = 4 if block_size >= 64 or head_dim > 64 else 2
+    return {"num_warps": warps, "num_stages": 3 if kernel == "forward" else 2}
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -599,75 +551,77 @@ def _precision(dtype: torch.dtype) -> str:
 
 def _list_args(kl: KernelLayout, heads: int, rows: bool) -> tuple[tuple, tuple]:
     """Pointer arguments and sizes shared by the kernels that walk rows (or columns)."""
-    lists = kl.rows if rows else kl.cols
-    pointers = (lists.work.items, lists.full_count, lists.index, lists.tile, kl.masks)
-    sizes = (heads, lists.count.shape[1], lists.count.shape[0], lists.work.items.shape[1])
-    sizes += (lists.work.num_slots, lists.index.stride(0), lists.index.stride(1))
+    layout, work = kl.layout, (kl.rows if rows else kl.cols)
+    full_count = layout.row_full_count if rows else layout.col_full_count
+    index = layout.row_index if rows else layout.col_index
+    tile = layout.row_tile if rows else layout.col_tile
+    pointers = (work.items, full_count, index, tile, kl.masks)
+    sizes = (heads, layout.num_blocks, layout.num_layout_heads, work.items.shape[1])
+    sizes += (work.num_slots, index.stride(0), index.stride(1))
     return pointers, sizes
 
 
-def _scratch(batch_heads: int, work: WorkList, block: int, block_d: int, device):
+def _scratch(batch_heads: int, work: WorkList, block: int, block_d: int, device) -> torch.Tensor:
     """fp32 partial results of the pieces of cut blocks: (B*H, slots, block, BLOCK_D)."""
     return torch.empty(batch_heads, work.num_slots, block, block_d, device=device)
 
 
-def _merge(kernel, dst: tuple, parts: tuple, lists: BlockLists, heads: int, n: int, **kw):
-    """Launch `kernel` over the blocks whose lists were cut in pieces, if there are any."""
-    merges = lists.work.merges
-    if merges.shape[1]:
+def _merge(kernel, dst: tuple, parts: tuple, work: WorkList, heads: int, kl, n: int, **kw):
+    merges = work.merges
+    if merges.shape[1]:  # some block was cut in pieces
         grid = (dst[0].shape[0] * heads, merges.shape[1])
-        kernel[grid](*dst, *parts, merges, *kw.pop("scale", ()), n, heads, merges.shape[0],
-                     merges.shape[1], lists.work.num_slots, **kw)  # fmt: skip
+        kernel[grid](*dst, *parts, merges, *kw.pop("scale", ()), n, heads,
+                     kl.layout.num_layout_heads, merges.shape[1], work.num_slots, **kw)  # fmt: skip
 
 
 def _forward(q, k, v, kl: KernelLayout, scale: float):
     batch, heads, n, head_dim = q.shape
-    bm, bn, block_d = kl.block_m, kl.layout.block_size, _padded(head_dim)
+    bs, block_d = kl.layout.block_size, _padded(head_dim)
     out = torch.empty_like(q)
     lse = torch.empty(batch * heads, n, dtype=torch.float32, device=q.device)  # log2 units
-    out_part = _scratch(batch * heads, kl.rows.work, bm, block_d, q.device)
+    out_part = _scratch(batch * heads, kl.rows, bs, block_d, q.device)
     lse_part = torch.empty(out_part.shape[:-1], device=q.device)
     pointers, sizes = _list_args(kl, heads, rows=True)
-    _forward_kernel[(batch * heads, sizes[3])](
+    _forward_kernel[(batch * heads, kl.rows.items.shape[1])](
         q, k, v, out, lse, out_part, lse_part, *pointers, scale * LOG2E, n, *sizes,
-        HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, EVEN_N=n % bn == 0,
-        PREC=_precision(q.dtype), **_launch_config("forward", bm, bn, head_dim),
+        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d,
+        EVEN_N=n % bs == 0, PREC=_precision(q.dtype), **_launch_config("forward", bs, head_dim),
     )  # fmt: skip
-    _merge(_merge_rows_kernel, (out, lse), (out_part, lse_part), kl.rows, heads, n,
-           HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_D=block_d)  # fmt: skip
+    _merge(_merge_rows_kernel, (out, lse), (out_part, lse_part), kl.rows, heads, kl, n,
+           HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_D=block_d)  # fmt: skip
     return out, lse
 
 
 def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
     batch, heads, n, head_dim = q.shape
-    bm, bn, block_d = kl.block_m, kl.layout.block_size, _padded(head_dim)
-    tiles = {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": block_d}
-    tiles["PREC"] = _precision(q.dtype)
+    bs, block_d, prec = kl.layout.block_size, _padded(head_dim), _precision(q.dtype)
     delta = torch.empty_like(lse)
     _delta_kernel[(batch * heads, triton.cdiv(n, 64))](
         out, dout, delta, n, HEAD_DIM=head_dim, BLOCK_M=64, BLOCK_D=block_d
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    sums = {"HEAD_DIM": head_dim, "BLOCK": bs, "BLOCK_D": block_d}
 
-    dk_part = _scratch(batch * heads, kl.cols.work, bn, block_d, q.device)
+    dk_part = _scratch(batch * heads, kl.cols, bs, block_d, q.device)
     dv_part = torch.empty_like(dk_part)
     pointers, sizes = _list_args(kl, heads, rows=False)
-    _dkdv_kernel[(batch * heads, sizes[3])](
+    _dkdv_kernel[(batch * heads, kl.cols.items.shape[1])](
         q, k, v, dout, lse, delta, dk, dv, dk_part, dv_part, *pointers,
-        scale, scale * LOG2E, n, *sizes, **tiles, **_launch_config("dkdv", bm, bn, head_dim),
+        scale, scale * LOG2E, n, *sizes,
+        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec,
+        **_launch_config("dkdv", bs, head_dim),
     )  # fmt: skip
-    sums = {"HEAD_DIM": head_dim, "BLOCK": bn, "BLOCK_D": block_d}
-    _merge(_sum_pieces_kernel, (dk,), (dk_part,), kl.cols, heads, n, scale=(scale,), **sums)
-    _merge(_sum_pieces_kernel, (dv,), (dv_part,), kl.cols, heads, n, scale=(1.0,), **sums)
+    _merge(_sum_pieces_kernel, (dk,), (dk_part,), kl.cols, heads, kl, n, scale=(scale,), **sums)
+    _merge(_sum_pieces_kernel, (dv,), (dv_part,), kl.cols, heads, kl, n, scale=(1.0,), **sums)
 
-    dq_part = _scratch(batch * heads, kl.rows.work, bm, block_d, q.device)
+    dq_part = _scratch(batch * heads, kl.rows, bs, block_d, q.device)
     pointers, sizes = _list_args(kl, heads, rows=True)
-    _dq_kernel[(batch * heads, sizes[3])](
+    _dq_kernel[(batch * heads, kl.rows.items.shape[1])](
         q, k, v, dout, lse, delta, dq, dq_part, *pointers, scale, scale * LOG2E, n, *sizes,
-        **tiles, **_launch_config("dq", bm, bn, head_dim),
+        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec,
+        **_launch_config("dq", bs, head_dim),
     )  # fmt: skip
-    sums["BLOCK"] = bm
-    _merge(_sum_pieces_kernel, (dq,), (dq_part,), kl.rows, heads, n, scale=(scale,), **sums)
+    _merge(_sum_pieces_kernel, (dq,), (dq_part,), kl.rows, heads, kl, n, scale=(scale,), **sums)
     return dq, dk, dv
 
 

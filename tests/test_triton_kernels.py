@@ -114,7 +114,7 @@ def test_random_window_and_globals(n, half, block_size, seed):
 def test_work_lists_cover_every_entry_once_longest_first():
     pattern = patterns.bigbird(256, 32, 3, 1, 2, seed=0, num_heads=2)
     kl = tk.kernel_layout(pattern, 32, DEVICE, max_tiles=3)
-    for work, count in ((kl.rows.work, kl.rows.count), (kl.cols.work, kl.cols.count)):
+    for work, count in ((kl.rows, kl.layout.row_count), (kl.cols, kl.layout.col_count)):
         for head in range(2):
             items = {tuple(item) for item in work.items[head].tolist()}  # padding repeats
             covered = sorted((b, j) for b, start, stop, _ in items for j in range(start, stop))
@@ -165,18 +165,4 @@ def test_long_lists_cut_in_pieces_and_merged(monkeypatch, pattern):
     n = pattern.seq_len
     ours, reference = compare(pattern, 1, 2, n, 16, torch.float32, 16)
     assert_close(ours, reference, torch.float32)
-    assert tk.kernel_layout(pattern, 16, DEVICE, 1).rows.work.merges.shape[1] > 0  # really split
-
-
-@pytest.mark.parametrize("max_tiles", [1, 64])
-def test_grouped_query_blocks(monkeypatch, max_tiles):
-    # Programs of two 16-query blocks (32 x 16 tiles), the layout used for block 64 on GPUs.
-    monkeypatch.setattr(tk, "QUERY_GROUP", {16: 2})
-    monkeypatch.setattr(tk, "MAX_GROUP_OVERHEAD", float("inf"))
-    monkeypatch.setattr(tk, "MAX_TILES_PER_PROGRAM", max_tiles)
-    n = size(41, 901)  # an odd number of blocks: the last group is half past the end
-    mask = patterns.longformer(n, 8, (2,)).mask
-    mask[7] = False  # a fully masked row inside a group
-    ours, reference = compare(mask, 1, 1, n, 16, torch.float32, 16)
-    assert_close(ours, reference, torch.float32)
-    assert tk.kernel_layout(mask, 16, DEVICE, max_tiles).block_m == 32
+    assert tk.kernel_layout(pattern, 16, DEVICE, 1).rows.merges.shape[1] > 0  # really split
