@@ -41,6 +41,7 @@ from contextlib import contextmanager
 import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import masked, patterns, propagation, viz
 
@@ -81,7 +82,8 @@ class _LRU(OrderedDict):
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    # Fast zlib level: encoding is part of every update, a few KB more hardly matter.
+    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 
@@ -266,6 +268,21 @@ class MaskExplorer:
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 
+    def close(self) -> None:
+        """Close every widget of the explorer (freed in the frontend too) and its worker thread."""
+        self.wait()
+        self._worker.shutdown()
+
+        def close_tree(widget: widgets.Widget) -> None:
+            for child in getattr(widget, "children", ()):
+                close_tree(child)
+            for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+                if part is not None:
+                    part.close()
+            widget.close()
+
+        close_tree(self.widget)
+
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Set several controls inside the block; the views update once, at its end."""
@@ -364,7 +381,9 @@ class MaskExplorer:
         zoom = min(n, MAX_IMAGE_TOKENS)
         idx = torch.arange(zoom)
         tokens = pattern.allows(idx.view(-1, 1), idx.view(1, -1), head)  # (zoom, zoom)
-        fig = Figure(figsize=(10.0, 5.0), layout="constrained")
+        fig = Figure(figsize=(10.0, 5.0))
+        # Fixed margins: a layout engine would cost as much as the drawing itself.
+        fig.subplots_adjust(left=0.07, right=0.95, top=0.88, bottom=0.22, wspace=0.3)
         left, right = fig.subplots(1, 2)
         title = "token mask" if zoom == n else f"token mask: zoom on tokens 0..{zoom - 1} of {n}"
         viz.plot_mask(tokens, block_size=bs, ax=left, title=title)
@@ -443,7 +462,8 @@ class MaskExplorer:
     def _show_reach(self, n, layers, i, receptive, fractions, connect) -> None:
         """Left: who reaches query i after 0..L layers; right: pairs connected per layer."""
         self.receptive, self.reach_fractions, self.connect_layers = receptive, fractions, connect
-        fig = Figure(figsize=(9.6, 3.0), layout="constrained")
+        fig = Figure(figsize=(9.6, 3.0))
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.17, wspace=0.2)
         left, right = fig.subplots(1, 2, width_ratios=[2, 1])
         left.imshow(
             receptive.numpy(),
@@ -457,12 +477,16 @@ class MaskExplorer:
             title=f"positions whose information reaches query {i} (red)",
             xlabel="source position j",
             ylabel="layers",
-            yticks=range(layers + 1),
         )
+        left.yaxis.set_major_locator(MaxNLocator(integer=True))
         right.plot(range(layers + 1), fractions.numpy(), marker="o", ms=3)
         right.set(
-            title="pairs (i, j) connected", xlabel="layers", ylabel="fraction", ylim=(0, 1.05)
+            title="pairs (i, j) connected",
+            xlabel="layers",
+            ylabel="fraction",
+            ylim=(0, 1.05),
         )
+        right.xaxis.set_major_locator(MaxNLocator(integer=True))
         self.figures["reach"] = fig
         self.reach_image.value = _png(fig)
         when = (
@@ -488,7 +512,8 @@ class MaskExplorer:
         allowed = pattern.allows(torch.tensor(i), torch.arange(n), head)  # (n,)
         scores = (k @ q[i]) / math.sqrt(HEAD_DIM)  # (n,) q_i . k_j / sqrt(d)
         self.weights = masked.masked_softmax(scores.view(1, n), allowed.view(1, n))[0]
-        fig = Figure(figsize=(9.6, 2.4), layout="constrained")
+        fig = Figure(figsize=(9.6, 2.4))
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.2)
         viz.plot_query_weights(
             self.weights, allowed, i, ax=fig.subplots(), title=f"head {head}, query {i}"
         )

@@ -262,3 +262,10 @@ def test_build_pattern_matches_the_factories():
 def test_unknown_control_is_an_error():
     with pytest.raises(ValueError, match="control names"):
         MaskExplorer(windw=8)
+
+
+def test_close_closes_every_widget(small):
+    small.close()
+    parts = [small.widget, small.mask_image, small.export, *small.controls.values()]
+    assert all(part.comm is None for part in parts)
+    assert small.controls["window"].layout.comm is None
