@@ -57,6 +57,7 @@ HEADS = 4  # BigBird draws its random blocks per head
 HEAD_DIM = 64  # for the FLOP / memory counts and the random q, k
 QK_SEED = 0  # the random q, k of the weights view
 DPI = 80
+FIGSIZE = {"mask": (10.0, 5.0), "reach": (9.6, 3.0), "weights": (9.6, 2.4)}  # inches
 
 # The views a control affects; every other control changes the pattern: all views.
 ALL_VIEWS = {"mask", "reach", "weights"}
@@ -201,26 +202,32 @@ class MaskExplorer:
         for name, control in self.controls.items():
             control.add_class(f"sae-{name}")  # stable hooks for the browser test
         self.message = widgets.HTML().add_class("sae-message")
-        self.mask_image = widgets.Image(format="png").add_class("sae-mask")
-        self.reach_image = widgets.Image(format="png").add_class("sae-reach")
-        self.weights_image = widgets.Image(format="png").add_class("sae-weights")
+        # Shown at their pixel size (inches x DPI): neither squeezed nor blown up.
+        self.mask_image, self.reach_image, self.weights_image = (
+            widgets.Image(format="png", width=str(int(FIGSIZE[view][0] * DPI))).add_class(
+                f"sae-{view}"
+            )
+            for view in ("mask", "reach", "weights")
+        )
         self.stats_html = widgets.HTML().add_class("sae-stats")
         self.reach_html = widgets.HTML().add_class("sae-reach-text")
         self.export = widgets.Textarea(
             layout=widgets.Layout(width="98%", height="300px"), disabled=True
         ).add_class("sae-export")
+        wrap = widgets.Layout(flex_flow="row wrap")  # narrow pages put views below controls
         self.widget = widgets.VBox(
             [
                 widgets.HBox(
                     [
                         widgets.VBox(
                             [*self.controls.values(), self.message],
-                            layout=widgets.Layout(min_width="380px"),
+                            layout=widgets.Layout(width="380px"),
                         ),
                         widgets.VBox([self.mask_image, self.stats_html]),
-                    ]
+                    ],
+                    layout=wrap,
                 ),
-                widgets.HBox([self.reach_image, self.reach_html]),
+                widgets.HBox([self.reach_image, self.reach_html], layout=wrap),
                 self.weights_image,
                 widgets.HTML(
                     "<b>Export</b>: the pattern as Python, and as a FlexAttention mask_mod"
@@ -381,7 +388,7 @@ class MaskExplorer:
         zoom = min(n, MAX_IMAGE_TOKENS)
         idx = torch.arange(zoom)
         tokens = pattern.allows(idx.view(-1, 1), idx.view(1, -1), head)  # (zoom, zoom)
-        fig = Figure(figsize=(10.0, 5.0))
+        fig = Figure(figsize=FIGSIZE["mask"])
         # Fixed margins: a layout engine would cost as much as the drawing itself.
         fig.subplots_adjust(left=0.07, right=0.95, top=0.88, bottom=0.22, wspace=0.3)
         left, right = fig.subplots(1, 2)
@@ -462,7 +469,7 @@ class MaskExplorer:
     def _show_reach(self, n, layers, i, receptive, fractions, connect) -> None:
         """Left: who reaches query i after 0..L layers; right: pairs connected per layer."""
         self.receptive, self.reach_fractions, self.connect_layers = receptive, fractions, connect
-        fig = Figure(figsize=(9.6, 3.0))
+        fig = Figure(figsize=FIGSIZE["reach"])
         fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.17, wspace=0.2)
         left, right = fig.subplots(1, 2, width_ratios=[2, 1])
         left.imshow(
@@ -512,7 +519,7 @@ class MaskExplorer:
         allowed = pattern.allows(torch.tensor(i), torch.arange(n), head)  # (n,)
         scores = (k @ q[i]) / math.sqrt(HEAD_DIM)  # (n,) q_i . k_j / sqrt(d)
         self.weights = masked.masked_softmax(scores.view(1, n), allowed.view(1, n))[0]
-        fig = Figure(figsize=(9.6, 2.4))
+        fig = Figure(figsize=FIGSIZE["weights"])
         fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.2)
         viz.plot_query_weights(
             self.weights, allowed, i, ax=fig.subplots(), title=f"head {head}, query {i}"
