@@ -459,10 +459,12 @@ def work_list(count: torch.Tensor, max_tiles: int) -> WorkList:
     A block with one piece has slot -1 (its program writes the result); the pieces of a
     longer block get consecutive scratch slots and one `merges` entry. Items are sorted
     longest first (Graham's LPT rule), so long pieces do not start last and run alone.
+    Built on the CPU: a few thousand integers, where on a GPU each small step would be a
+    kernel launch and several would wait for the device. The result goes to count's device.
     """
     heads, nb = count.shape
-    device = count.device
-    count = count.long().flatten()  # (H' * nb,)
+    target, device = count.device, torch.device("cpu")
+    count = count.cpu().long().flatten()  # (H' * nb,)
     pieces = ((count + max_tiles - 1) // max_tiles).clamp_min(1)  # an empty row writes zeros
     owner = torch.repeat_interleave(torch.arange(heads * nb, device=device), pieces)  # (I_all,)
     first_item = pieces.cumsum(0) - pieces
@@ -498,7 +500,7 @@ def work_list(count: torch.Tensor, max_tiles: int) -> WorkList:
     merges = torch.stack([cut % nb, slot[first_item[cut]], pieces[cut]], 1)
     no_op = torch.tensor([-1, 0, 0], device=device).expand(heads, 3)  # block -1 stores nothing
     merges = per_head_table(merges, cut // nb, no_op)
-    return WorkList(items, merges, max(int(per_head_split.max()), 1))
+    return WorkList(items.to(target), merges.to(target), max(int(per_head_split.max()), 1))
 
 
 @dataclass(frozen=True)
