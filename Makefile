@@ -38,7 +38,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check sparse_attn_edu tests
 	$(BIN)/pytest -n 2 --dist loadfile -p no:cacheprovider \
-	  tests notebooks --nbval --sanitize-with notebooks/nbval_sanitize.cfg
+	  tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 ## Only the Python tests, for a quick loop while editing.
 test-fast: $(STAMP)
