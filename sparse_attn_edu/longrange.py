@@ -53,7 +53,7 @@ class Config:
     steps: int = 300
     batch: int = 32
     lr: float = 3e-3
-    test_size: int = 1000
+    test_size: int = 2000
     seed: int = 0
     bigbird_block: int = 8
 
@@ -75,14 +75,21 @@ def make_patterns(cfg: Config) -> dict[str, patterns.Pattern]:
     }
 
 
-def make_batch(cfg: Config, size: int, generator: torch.Generator):
-    """tokens (size, n) long, labels (size,) long, needle positions (size,) long."""
+def make_batch(cfg: Config, size: int, generator: torch.Generator, balanced: bool = False):
+    """tokens (size, n) long, labels (size,) long, needle positions (size,) long.
+
+    `balanced` gives every class the same count (up to one), so that a model that cannot
+    see the needle scores chance, 1 / classes, and not the frequency of one lucky class.
+    """
     n = cfg.seq_len
     tokens = torch.randint(
         FIRST_HAYSTACK, FIRST_HAYSTACK + cfg.haystack, (size, n), generator=generator
     )
     tokens[:, 0] = CLS
-    labels = torch.randint(0, cfg.classes, (size,), generator=generator)
+    if balanced:
+        labels = torch.arange(size)[torch.randperm(size, generator=generator)] % cfg.classes
+    else:
+        labels = torch.randint(0, cfg.classes, (size,), generator=generator)
     where = torch.randint(n // 2, n, (size,), generator=generator)  # the far half
     tokens[torch.arange(size), where] = FIRST_HAYSTACK + cfg.haystack + labels
     return tokens, labels, where
@@ -150,7 +157,8 @@ def train_variant(cfg: Config, name: str, pattern: patterns.Pattern, progress: b
     seconds = time.perf_counter() - start
 
     # Test on fresh sequences, and ask the theory which needles can reach CLS.
-    tokens, labels, where = make_batch(cfg, cfg.test_size, torch.Generator().manual_seed(10**6))
+    test_data = torch.Generator().manual_seed(10**6)
+    tokens, labels, where = make_batch(cfg, cfg.test_size, test_data, balanced=True)
     with torch.no_grad():
         predictions = torch.cat([model(t).argmax(-1) for t in tokens.split(100)])
     field = propagation.receptive_field(pattern, 0, cfg.layers)[-1]  # (N,): reaches CLS

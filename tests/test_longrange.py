@@ -19,6 +19,9 @@ def test_batch_has_one_needle_in_the_far_half_matching_its_label():
     assert torch.equal(is_needle.float().argmax(1), where)
     assert ((where >= 20) & (where < 40)).all()
     assert torch.equal(tokens[torch.arange(64), where] - first_needle, labels)
+    _, balanced, _ = longrange.make_batch(cfg, 64, torch.Generator(), balanced=True)
+    counts = balanced.bincount(minlength=5)
+    assert counts.max() - counts.min() <= 1  # 64 = 5 * 12 + 4: counts of 12 and 13
 
 
 def test_window_model_cannot_see_past_its_receptive_field():
