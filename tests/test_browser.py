@@ -150,6 +150,10 @@ def test_slider_changes_picture_and_stats(voila_url):
             assert slider.locator(".widget-readout").inner_text() != before["value"]
             assert stats.inner_text() != before["stats"]
             assert mask.screenshot() != before["png"]
+            # Reachability arrives from the kernel's worker thread.
+            page.locator(".sae-reach-text", has_text="pairs are connected").wait_for(
+                timeout=UPDATE_S * 1000
+            )
             page.screenshot(path=str(ARTIFACTS / "mask_explorer.png"), full_page=True)
 
             # An invalid value: a short message in the widget, not a traceback.
