@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import torch
 
@@ -271,17 +272,32 @@ def _window_closed_form(p: Pattern) -> tuple[int, int, int] | None:
     return lo, hi, step
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0  # calls inside _one_thread right now, across threads
+_threads_saved = 1
+
+
 @contextlib.contextmanager
 def _one_thread():
-    """Run the chunked bit operations on one thread: each op touches ~2 MB, so handing
-    it to a thread pool costs more in synchronisation than it saves (and far more on a
-    busy machine), then restore the caller's setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Run the chunked bit operations on one thread, then restore the caller's setting.
+
+    Each op touches ~2 MB: handing it to a thread pool costs more in synchronisation than it
+    saves (and far more on a busy machine). torch's thread count is global, so nested or
+    concurrent callers (the widget's worker thread) share one save and one restore.
+    """
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 def _states(pull: _Pull, start: torch.Tensor, layers: int):
