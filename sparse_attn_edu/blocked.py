@@ -14,10 +14,11 @@ Three ideas, in the order the code uses them:
 
 2. **Gather**: for query block r and its e-th listed key block c = row_index[r, e], copy
    the key and value block c next to it. All query blocks take their e-th block at once,
-   so one batched matmul (B, H, R, bs, D) @ (B, H, R, D, bs) scores R tiles in one call.
+   so one batched matmul (R, B*H, bs, D) @ (R, B*H, D, C*bs) scores R x C tiles in one call.
    Query blocks are grouped by how many key blocks they visit (a global row visits all of
-   them, a window row a handful), so short rows do not wait for long ones: the number of
-   Python steps is O(w / bs), not O(n / bs).
+   them, a window row a handful), so short rows do not wait for long ones, and each step
+   takes as many rows and slots as fit in a fixed budget of scores: the Python loop runs
+   (computed tiles) / budget times, never once per tile.
 
 3. **Online softmax** (Milakov & Gimelshein 2018; Dao et al. 2022, FlashAttention):
    the exact softmax over a row whose keys arrive one block at a time.
@@ -59,9 +60,9 @@ from ._checks import check_mask, check_qkv, default_scale
 from .layout import BlockSparseLayout, build_layout
 from .patterns import Pattern, as_pattern
 
-# Score elements (B * H * rows * bs * keys) one step may hold: bounds the working memory
-# (about 4 float32 copies of it are alive at once) while keeping each matmul large.
-STEP_ELEMENTS = 1 << 25
+# Score elements (B * H * rows * bs * keys) one step may hold: the working set of a step
+# (scores, gathered keys and values) stays a few MiB, in cache, while each matmul is large.
+STEP_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,22 @@ def _row_groups(layout: BlockSparseLayout) -> list[torch.Tensor]:
     return groups
 
 
+def _row_chunks(layout: BlockSparseLayout, batch_heads: int):
+    """Yield (query blocks, longest row, slots per step): steps of <= STEP_ELEMENTS scores.
+
+    The number of steps is (computed scores) / STEP_ELEMENTS, so it grows like n * w, and
+    each step is small enough to stay in cache: large temporaries would be handed back to
+    the operating system on every free and faulted in again, which costs more than the math.
+    """
+    bs = layout.block_size
+    for rows in _row_groups(layout):
+        # Rows with no key at all still take one (fully masked) step: zeros, in the graph.
+        width = max(int(layout.row_count[:, rows].max()), 1)
+        per_row = batch_heads * bs * bs * width  # scores of one query block, all its slots
+        for part in rows.split(max(1, STEP_ELEMENTS // per_row)):
+            yield part, width, _slot_chunk(batch_heads, len(part), bs, width)
+
+
 def _blocks(x: torch.Tensor, nb: int, bs: int) -> torch.Tensor:
     """(B, H, N, D) -> (nb, B * H, bs, D): block-major, so a gather copies whole tiles."""
     batch, heads, n, dim = x.shape
@@ -120,60 +137,69 @@ def _unblocks(x: torch.Tensor, batch: int, heads: int, n: int) -> torch.Tensor:
     return x.reshape(batch, heads, n, *x.shape[2:])
 
 
-class _Gatherer:
-    """Fetches, for a group of query blocks, their listed key/value blocks and masks."""
+@dataclass(frozen=True)
+class _Step:
+    """One step: query blocks `rows` against their listed key blocks [first, last)."""
 
-    def __init__(self, layout: BlockSparseLayout, k: torch.Tensor, v: torch.Tensor):
-        self.layout = layout
-        nb, bs = layout.num_blocks, layout.block_size
-        batch_heads = k.shape[0] * k.shape[1]
-        # One row per (key block, batch-head) tile: row c * BH + bh of (nb * BH, bs, D).
-        self.k = _blocks(k, nb, bs).flatten(0, 1)
-        self.v = _blocks(v, nb, bs).flatten(0, 1)
-        self.batch_heads = torch.arange(batch_heads, device=k.device)
-        # Layout head of each batch-head: all 0 when shared, else h (or b * H + h if folded).
-        self.layout_head = self.batch_heads % layout.num_layout_heads
-        # Keys past seq_len (a short last block) are never attended, even in a "full" tile.
-        self.key_valid = (torch.arange(nb * bs, device=k.device) < layout.seq_len).view(nb, bs)
-        self.ragged = layout.seq_len % bs != 0
-
-    def step(self, rows: torch.Tensor, first: int, last: int):
-        """Keys, values (R, BH, C * bs, D) and mask (or None) of slots [first, last) of `rows`."""
-        lay, bs = self.layout, self.layout.block_size
-        index = lay.row_index[:, rows, first:last].long()  # (H', R, C) key block ids
-        tile = lay.row_tile[:, rows, first:last].long()  # (H', R, C) partial tile ids or -1
-        listed = torch.arange(first, last, device=index.device) < lay.row_count[:, rows, None]
-
-        # The gather: tile (r, bh, c) is row index * BH + bh of the flat key blocks.
-        flat = index[self.layout_head].permute(1, 0, 2) * len(self.batch_heads)  # (R, BH, C)
-        flat = (flat + self.batch_heads.view(1, -1, 1)).flatten()
-        rows_, heads_, slots = len(rows), len(self.batch_heads), last - first
-        keys = self.k.index_select(0, flat).view(rows_, heads_, slots * bs, -1)
-        values = self.v.index_select(0, flat).view(rows_, heads_, slots * bs, -1)
-
-        full = listed & (tile < 0)
-        if self.ragged:
-            full &= index != lay.num_blocks - 1
-        if bool(full.all()):
-            return keys, values, None  # every tile full: no mask to apply
-        # Partial tiles take their exact element mask; full or unlisted ones a key mask.
-        mask = (self.key_valid[index] & listed.unsqueeze(-1)).unsqueeze(-2)  # (H', R, C, 1, bs)
-        if len(lay.tile_masks):
-            element = lay.tile_masks[tile.clamp(min=0)]  # (H', R, C, bs, bs)
-            mask = torch.where((tile >= 0).view(*tile.shape, 1, 1), element, mask)
-        mask = mask.expand(-1, -1, -1, bs, -1).permute(1, 0, 3, 2, 4)  # (R, H', bs, C, bs)
-        mask = mask.reshape(rows_, -1, bs, slots * bs)  # columns in the order of `keys`
-        if 1 < mask.shape[1] < heads_:  # per-head layout, batch > 1: repeat it per batch
-            mask = mask.repeat(1, heads_ // mask.shape[1], 1, 1)
-        return keys, values, mask
+    rows: torch.Tensor  # (R,) query block ids
+    first: int
+    last: int
+    gather: torch.Tensor  # (R * BH * C,) rows of the flat (nb * BH, bs, D) key blocks
+    masked_out: torch.Tensor | None  # bool (R, BH | 1, bs, C * bs), True = not allowed
 
 
-def _scores(q_rows, keys, mask, dtype):
-    """q_rows (R, BH, bs, D) @ keys^T -> masked scores (R, BH, bs, C * bs) in `dtype`."""
-    scores = (q_rows @ keys.transpose(-2, -1)).to(dtype)
-    if mask is not None:
-        scores = scores.masked_fill_(~mask, float("-inf"))  # in place: matmul keeps no output
-    return scores
+def _plan(layout: BlockSparseLayout, batch_heads: int) -> list[list[_Step]]:
+    """The steps of every chunk of query blocks; they depend on the layout only, so they
+    are built once and cached with it."""
+    key = ("blocked", batch_heads, STEP_ELEMENTS)
+    if key not in layout.plans:
+        layout.plans[key] = [
+            [_step(layout, batch_heads, rows, first, min(first + chunk, width))
+             for first in range(0, width, chunk)]
+            for rows, width, chunk in _row_chunks(layout, batch_heads)
+        ]  # fmt: skip
+    return layout.plans[key]
+
+
+def _step(layout: BlockSparseLayout, batch_heads: int, rows, first: int, last: int) -> _Step:
+    """Gather index and element mask of slots [first, last) of query blocks `rows`."""
+    nb, bs, device = layout.num_blocks, layout.block_size, layout.row_index.device
+    rows = rows.to(device)
+    index = layout.row_index[:, rows, first:last].long()  # (H', R, C) key block ids
+    tile = layout.row_tile[:, rows, first:last].long()  # (H', R, C) partial tile ids or -1
+    listed = torch.arange(first, last, device=device) < layout.row_count[:, rows, None]
+
+    # The gather: tile (r, bh, c) is row index * BH + bh of the flat key blocks.
+    bh = torch.arange(batch_heads, device=device)
+    layout_head = bh % layout.num_layout_heads  # 0 when shared, h (or b * H + h) otherwise
+    gather = (index[layout_head].permute(1, 0, 2) * batch_heads + bh.view(1, -1, 1)).flatten()
+
+    # Keys past seq_len (a short last block) are never attended, even in a "full" tile.
+    key_valid = (torch.arange(nb * bs, device=device) < layout.seq_len).view(nb, bs)
+    full = listed & (tile < 0) & key_valid[index].all(-1)
+    if bool(full.all()):
+        return _Step(rows, first, last, gather, None)  # every tile full: no mask at all
+    # Partial tiles take their exact element mask; full or unlisted ones a key mask.
+    mask = (key_valid[index] & listed.unsqueeze(-1)).unsqueeze(-2)  # (H', R, C, 1, bs)
+    if len(layout.tile_masks):
+        element = layout.tile_masks[tile.clamp(min=0)]  # (H', R, C, bs, bs)
+        mask = torch.where((tile >= 0).view(*tile.shape, 1, 1), element, mask)
+    mask = mask.expand(-1, -1, -1, bs, -1).permute(1, 0, 3, 2, 4)  # (R, H', bs, C, bs)
+    mask = mask.reshape(len(rows), -1, bs, (last - first) * bs)  # the column order of keys
+    if 1 < mask.shape[1] < batch_heads:  # per-head layout, batch > 1: repeat it per batch
+        mask = mask.repeat(1, batch_heads // mask.shape[1], 1, 1)
+    return _Step(rows, first, last, gather, ~mask)
+
+
+def _scores_and_values(step: _Step, q_rows, k_flat, v_flat, dtype):
+    """Masked scores (R, BH, bs, C * bs) in `dtype` and the gathered values (R, BH, C*bs, D)."""
+    rows, batch_heads, bs, dim = q_rows.shape
+    keys = k_flat.index_select(0, step.gather).view(rows, batch_heads, -1, dim)
+    values = v_flat.index_select(0, step.gather).view(rows, batch_heads, -1, dim)
+    scores = (q_rows @ keys.transpose(-2, -1)).to(dtype)  # (R, BH, bs, C * bs)
+    if step.masked_out is not None:
+        scores = scores.masked_fill_(step.masked_out, float("-inf"))  # matmul keeps no output
+    return scores, values.to(dtype)
 
 
 def _slot_chunk(batch_heads: int, rows: int, bs: int, width: int) -> int:
@@ -181,25 +207,22 @@ def _slot_chunk(batch_heads: int, rows: int, bs: int, width: int) -> int:
     return max(1, min(width, STEP_ELEMENTS // (batch_heads * rows * bs * bs)))
 
 
-def _group_forward(q_rows, gather: _Gatherer, rows, width, acc_dtype):
-    """Online softmax over the `width` listed key blocks of query blocks `rows`."""
-    num_rows, batch_heads, bs, dim = q_rows.shape
-    acc = q_rows.new_zeros(num_rows, batch_heads, bs, dim, dtype=acc_dtype)
-    total = q_rows.new_zeros(num_rows, batch_heads, bs, 1, dtype=acc_dtype)
-    row_max = q_rows.new_full((num_rows, batch_heads, bs, 1), float("-inf"), dtype=acc_dtype)
-    chunk = _slot_chunk(batch_heads, num_rows, bs, width)
-    for first in range(0, width, chunk):
-        keys, values, mask = gather.step(rows, first, min(first + chunk, width))
-        scores = _scores(q_rows, keys, mask, acc_dtype)  # (R, BH, bs, C * bs)
-        new_max = torch.maximum(row_max, scores.detach().amax(-1, keepdim=True))
-        # Shift by the new max; a row with nothing allowed yet (max -inf) shifts by 0.
-        shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        alpha = torch.exp(row_max - shift)  # rescales the old terms; exp(-inf) = 0 at start
+def _chunk_forward(steps: list[_Step], q_rows, k_flat, v_flat, acc_dtype):
+    """Online softmax over the steps (key block slots) of one chunk of query blocks."""
+    acc = total = row_max = None
+    for step in steps:
+        scores, values = _scores_and_values(step, q_rows, k_flat, v_flat, acc_dtype)
+        step_max = scores.detach().amax(-1, keepdim=True)  # (R, BH, bs, 1)
+        new_max = step_max if row_max is None else torch.maximum(row_max, step_max)
+        # Shift by the new max; a row with nothing allowed yet (max -inf) by a finite number.
+        shift = new_max.clamp(min=torch.finfo(acc_dtype).min)
         p = scores.sub_(shift).exp_()  # (R, BH, bs, C * bs); masked pairs: exp(-inf) = 0
-        total = alpha * total + p.sum(-1, keepdim=True)
-        values = values.to(acc_dtype).flatten(0, 1)  # (R * BH, C * bs, D)
-        acc = torch.baddbmm((alpha * acc).flatten(0, 1), p.flatten(0, 1), values)
-        acc = acc.view(num_rows, batch_heads, bs, dim)  # alpha * acc + p @ v
+        if acc is None:  # first step: nothing to rescale yet
+            total, acc = p.sum(-1, keepdim=True), p @ values
+        else:
+            alpha = torch.exp(row_max - shift)  # moves old terms to the new reference
+            total = alpha * total + p.sum(-1, keepdim=True)
+            acc = alpha * acc + p @ values  # (R, BH, bs, D)
         row_max = new_max
     # out = acc / l; an empty row has acc = 0 and l = 0: divide by 1 to keep it 0.
     out = acc / torch.where(total > 0, total, torch.ones_like(total))
@@ -207,15 +230,14 @@ def _group_forward(q_rows, gather: _Gatherer, rows, width, acc_dtype):
     return out, lse.squeeze(-1)
 
 
-def _group_probs(q_rows, gather: _Gatherer, rows, width, lse_rows, acc_dtype):
-    """exp(s - lse) for every listed tile of `rows`: (BH, R, width, bs, bs)."""
-    num_rows, batch_heads, bs, _ = q_rows.shape
-    lse = torch.where(torch.isfinite(lse_rows), lse_rows, torch.zeros_like(lse_rows))
+def _chunk_probs(steps: list[_Step], q_rows, k_flat, lse, acc_dtype):
+    """exp(s - lse) for every listed tile of one chunk: (BH, R, width, bs, bs)."""
+    bs = q_rows.shape[2]
+    lse = lse.clamp(min=torch.finfo(acc_dtype).min).unsqueeze(-1)  # empty rows: p = 0
     parts = []
-    chunk = _slot_chunk(batch_heads, num_rows, bs, width)
-    for first in range(0, width, chunk):
-        keys, _, mask = gather.step(rows, first, min(first + chunk, width))
-        p = torch.exp(_scores(q_rows, keys, mask, acc_dtype) - lse.unsqueeze(-1))
+    for step in steps:
+        scores, _ = _scores_and_values(step, q_rows, k_flat, k_flat, acc_dtype)
+        p = torch.exp(scores - lse)  # (R, BH, bs, C * bs)
         parts.append(p.unflatten(-1, (-1, bs)).permute(1, 0, 3, 2, 4))  # (BH, R, C, bs, bs)
     return torch.cat(parts, dim=2)
 
@@ -270,21 +292,20 @@ def attention(
     nb, bs = layout.num_blocks, block_size
     batch_heads = q.shape[0] * q.shape[1]
     q_blocks = _blocks(q * scale, nb, bs)  # (nb, BH, bs, D), scale folded into q once
-    gather = _Gatherer(layout, k, v)
+    k_flat = _blocks(k, nb, bs).flatten(0, 1)  # (nb * BH, bs, D): tile c*BH + bh per row
+    v_flat = _blocks(v, nb, bs).flatten(0, 1)
     outs, lses, probs, order = [], [], [], []
-    for rows in _row_groups(layout):
-        rows = rows.to(q.device)
-        # Rows with no key at all still take one (fully masked) step: zeros, in the graph.
-        width = max(int(layout.row_count[:, rows].max()), 1)
+    for steps in _plan(layout, batch_heads):
+        rows = steps[0].rows
         q_rows = q_blocks.index_select(0, rows)  # (R, BH, bs, D)
-        out, lse = _group_forward(q_rows, gather, rows, width, acc_dtype)
+        out, lse = _chunk_forward(steps, q_rows, k_flat, v_flat, acc_dtype)
         outs.append(out)
         lses.append(lse)
         order.append(rows)
         if return_weights:
             shape = (batch_heads, len(rows), layout.row_index.shape[-1], bs, bs)
             p = q_rows.new_zeros(shape, dtype=acc_dtype)
-            p[:, :, :width] = _group_probs(q_rows, gather, rows, width, lse, acc_dtype)
+            p[:, :, : steps[-1].last] = _chunk_probs(steps, q_rows, k_flat, lse, acc_dtype)
             probs.append(p)
 
     # Groups come in order of row length: put the query blocks back in sequence order.

@@ -21,7 +21,7 @@ band pattern that is O(n * bs) booleans, never n x n. Everything is built from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +43,8 @@ class BlockSparseLayout:
     col_index: torch.Tensor  # int32 (H', nb, max_col)
     col_tile: torch.Tensor  # int32 (H', nb, max_col)
     tile_masks: torch.Tensor  # bool (T, bs, bs), element masks of partial tiles
+    # Work plans a kernel derives from this layout (index lists, masks), kept with it.
+    plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_layout_heads(self) -> int:
