@@ -21,8 +21,10 @@ and Voila. The standalone page (also ``make explorer``)::
     .venv/bin/voila notebooks/06_mask_explorer.ipynb --port=8866 --no-browser
 
 Responsiveness at n = 4096: sliders update on release, only the views a control affects
-are redrawn, patterns and propagation results are cached, and the token mask is drawn for
-at most ``MAX_IMAGE_TOKENS`` tokens (a labelled zoom; the block kinds map shows them all).
+are redrawn, patterns and propagation results are cached, an uncached reachability is
+computed on a worker thread (the other views never wait for it), and the token mask is
+drawn for at most ``MAX_IMAGE_TOKENS`` tokens (a labelled zoom; the block kinds map shows
+them all). What remains is matplotlib drawing the figures.
 """
 
 from __future__ import annotations
