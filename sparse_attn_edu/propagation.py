@@ -179,8 +179,9 @@ class _Pull:
                 self.parts.append(lambda s: _strided_window_or(s, -hi, count, step))
                 return
         if isinstance(p, GlobalTokens):  # symmetric, so the same transposed
-            tokens = torch.tensor(p.tokens)
-            self.parts.append(lambda s: self._global(s, tokens))
+            tokens = torch.tensor(p.tokens, dtype=torch.long)
+            if len(tokens):  # no global token: no edge
+                self.parts.append(lambda s: self._global(s, tokens))
             return
         if isinstance(p, BlockPattern):
             layout = p.layout if p.layout.dim() == 2 else p.layout.any(0)  # (nbb, nbb)

@@ -98,6 +98,7 @@ def small_patterns(draw, max_n: int = 70) -> patterns.Pattern:
                 patterns.causal(n),
                 patterns.dilated_window(n, 2, 3),
                 patterns.global_tokens(n, [n // 2]),
+                patterns.global_tokens(n, []),
                 patterns.bigbird(n, 4, 1, 0, 0, num_heads=2),
             ]
         )
