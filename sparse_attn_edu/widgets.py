@@ -61,10 +61,6 @@ QK_SEED = 0  # the random q, k of the weights view
 DPI = 80
 FIGSIZE = {"mask": (10.0, 5.0), "reach": (9.6, 3.0), "weights": (9.6, 2.4)}  # inches
 
-# The views a control affects; every other control changes the pattern: all views.
-ALL_VIEWS = {"mask", "reach", "weights"}
-AFFECTS = {"layers": {"reach"}, "query": {"reach", "weights"}, "head": {"mask", "weights"}}
-
 
 class _LRU(OrderedDict):
     """A small least-recently-used cache: patterns and propagation results per setting."""
@@ -259,7 +255,8 @@ class MaskExplorer:
         self._reach_token: object | None = None
         self._draw_lock = threading.Lock()
         self._held = False
-        self._pending: set[str] = set()
+        self._on_screen: dict[str, tuple] = {}  # the inputs each view was drawn from
+        self._pending = False  # a change arrived while held
 
         unknown = set(values) - set(self.controls)
         if unknown:
@@ -269,9 +266,9 @@ class MaskExplorer:
         with self.hold():
             for name, value in values.items():
                 self.controls[name].value = value
-            self._pending.add("pattern")  # first draw: every view
-        for name, control in self.controls.items():
-            control.observe(lambda change, name=name: self._changed(name), names="value")
+            self._pending = True  # the first draw
+        for control in self.controls.values():
+            control.observe(self._changed, names="value")
 
     # ---- display and batching ---------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
@@ -300,15 +297,15 @@ class MaskExplorer:
             yield
         finally:
             self._held = False
-            pending, self._pending = self._pending, set()
+            pending, self._pending = self._pending, False
             if pending:
-                self._update(pending)
+                self._update()
 
-    def _changed(self, name: str) -> None:
+    def _changed(self, change: dict) -> None:
         if self._held:
-            self._pending.add(name)
+            self._pending = True
         else:
-            self._update({name})
+            self._update()
 
     @property
     def settings(self) -> dict:
@@ -316,13 +313,12 @@ class MaskExplorer:
         return {name: control.value for name, control in self.controls.items()}
 
     # ---- the update ---------------------------------------------------------------------
-    def _update(self, changed: set[str]) -> None:
-        """Recompute and redraw the views that the `changed` controls affect."""
+    def _update(self) -> None:
+        """Redraw the views whose inputs changed since they were drawn."""
         start = time.perf_counter()
         self.timings = {}
         settings = self.settings
         self._show_controls(settings["pattern"])
-        views = set().union(*(AFFECTS.get(name, ALL_VIEWS) for name in changed))
         try:
             key = self._pattern_key(settings)
             pattern = self._patterns.get_or(key, lambda: build_pattern(settings))
@@ -331,14 +327,16 @@ class MaskExplorer:
                 self.controls["query"].max = pattern.seq_len - 1
             settings["query"] = self.controls["query"].value
             self.pattern = pattern
-            if "mask" in views:
+            head, query, layers = settings["head"], settings["query"], settings["layers"]
+            # What each view shows is a function of these inputs: skip it when they match.
+            if self._stale("mask", key, head, settings["block_size"]):
                 with self._draw_lock:
                     self._draw_mask(pattern, settings)
                 self._draw_stats(pattern, settings)
                 self.export.value = python_source(pattern) + "\n\n" + mask_mod_source(settings)
-            if "reach" in views:
+            if self._stale("reach", key, layers, query):
                 self._draw_reach(pattern, key, settings)
-            if "weights" in views:
+            if self._stale("weights", key, head, query):
                 with self._draw_lock:
                     self._draw_weights(pattern, settings)
         except (ValueError, TypeError) as exc:  # invalid settings: say why, keep the views
@@ -357,16 +355,26 @@ class MaskExplorer:
     @contextmanager
     def _quiet(self) -> Iterator[None]:
         """Changes made by the update itself do not trigger another update."""
-        held, self._held = self._held, True
+        held, pending = self._held, self._pending
+        self._held = True
         try:
             yield
         finally:
-            self._held = held
-            self._pending.discard("query")
+            self._held, self._pending = held, pending
+
+    def _stale(self, view: str, *inputs) -> bool:
+        """True (and remembered as drawn) when `view` last showed other inputs."""
+        if self._on_screen.get(view) == inputs:
+            return False
+        self._on_screen[view] = inputs
+        return True
 
     def _pattern_key(self, settings: dict) -> tuple:
+        """The settings the pattern depends on (BigBird's blocks are its own block size)."""
         used = self.USES[settings["pattern"]] - {"head"}
-        names = ["pattern", "causal", "seq_len", "block_size", *sorted(used)]
+        if settings["pattern"] == "bigbird":
+            used.add("block_size")
+        names = ["pattern", "causal", "seq_len", *sorted(used)]
         return tuple((name, settings[name]) for name in names)
 
     def _show_controls(self, kind: str) -> None:

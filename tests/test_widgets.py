@@ -210,11 +210,25 @@ def test_controls_shown_are_the_patterns_own(small):
 def test_hold_batches_changes_into_one_update(small, monkeypatch):
     calls = []
     update = small._update
-    monkeypatch.setattr(small, "_update", lambda changed: calls.append(changed) or update(changed))
+    monkeypatch.setattr(small, "_update", lambda: calls.append(1) or update())
     with small.hold():
         small.controls["window"].value = 12
         small.controls["layers"].value = 3
-    assert calls == [{"window", "layers"}]
+    assert calls == [1]
+
+
+def test_block_size_of_a_window_redraws_the_tiles_only(small):
+    reach_png, weights_png, mask_png = (
+        small.reach_image.value,
+        small.weights_image.value,
+        small.mask_image.value,
+    )
+    small.controls["block_size"].value = 32
+    small.wait()
+    assert small.stats["num_blocks"] == 3  # ceil(96 / 32)
+    assert small.mask_image.value != mask_png
+    assert small.reach_image.value == reach_png  # the pattern, hence its reach, is the same
+    assert small.weights_image.value == weights_png
 
 
 SETTINGS = [
