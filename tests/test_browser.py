@@ -101,17 +101,23 @@ def voila_url(tmp_path):
         print((tmp_path / "voila.log").read_text(errors="replace")[-3000:])
 
 
-def test_slider_changes_picture_and_stats(voila_url):
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium, or a clear failure (never a silent skip)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(
             f"the browser test needs Debian's chromium at {CHROMIUM} (`make browser` or "
             "`apt-get install -y chromium`); set SPARSE_ATTN_EDU_SKIP_BROWSER=1 to skip it"
         )
+    return CHROMIUM
+
+
+def test_slider_changes_picture_and_stats(chromium, voila_url):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(voila_url, timeout=RENDER_S * 1000)
