@@ -185,9 +185,9 @@ def peak_extra_bytes(call, device: torch.device) -> int:
         call()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    before = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+    before = _rss_kib("VmRSS")
     call()
     return (_rss_kib("VmHWM") - before) * 1024
 
@@ -359,7 +359,7 @@ def summary(report: dict, reference: str = "blocked") -> dict:
         ref = sorted((n, r) for (m, n), r in ok.items() if m == reference)
         entry = {}
         for key in ("fwd_ms", "peak_fwd_mb", "fwd_bwd_ms"):
-            points = [(n, r[key]) for n, r in ref if r.get(key)]
+            points = [(n, r[key]) for n, r in ref if r.get(key, 0) > 0]
             if len(points) >= 2:
                 entry[f"slope_{key}"] = slope(*zip(*points, strict=True))
         for key in ("fwd_ms", "fwd_bwd_ms", "peak_fwd_mb"):
@@ -483,6 +483,10 @@ def main(argv=None) -> dict | None:
     methods, not_measured = available_methods(args)
     configs = [(p, n, m) for p in args.patterns for n in args.seq_lens for m in methods]
     results = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / (args.name or f"bench_{args.device}")
+    partial = stem.with_suffix(".partial.jsonl")
+    partial.unlink(missing_ok=True)
     progress = tqdm(configs, unit="config")
     for pattern, n, method in progress:
         progress.set_description(f"{pattern} n={n} {method}")
@@ -493,6 +497,8 @@ def main(argv=None) -> dict | None:
         except subprocess.TimeoutExpired:
             status = f"skipped: over {args.timeout:.0f} s"
             results.append({"pattern": pattern, "n": n, "method": method, "status": status})
+        with partial.open("a") as f:  # kept if a later configuration brings the run down
+            f.write(json.dumps(results[-1]) + "\n")
 
     report = {
         "device": device_name(args.device),
@@ -506,12 +512,11 @@ def main(argv=None) -> dict | None:
         "results": results,
     }
     report["summary"] = summary(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / (args.name or f"bench_{args.device}")
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
     plot(report, stem.with_suffix(".png"))
     print(markdown(report))
+    partial.unlink()
     print(f"wrote {stem}.json, .md and .png")
     return report
 
