@@ -13,6 +13,9 @@ What the figures teach:
 
 Every function returns a ``matplotlib.figure.Figure`` (built without pyplot, so nothing is
 shown or kept open behind the caller's back) or draws into the ``ax`` it is given.
+``MaskPlot``, ``BlockKindsPlot`` and ``QueryWeightsPlot`` are the same figures kept alive:
+``update`` draws new data into them and returns the artists it changed, for interactive
+views that redraw only those (the explorer in ``widgets``).
 Patterns are those of Longformer (Beltagy et al. 2020, arXiv:2004.05150) and BigBird
 (Zaheer et al. 2020, arXiv:2007.14062); see ``patterns``.
 """
@@ -21,11 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
-from matplotlib.collections import LineCollection, PatchCollection
+from matplotlib.collections import LineCollection, PatchCollection, PolyCollection
 from matplotlib.colors import BoundaryNorm, ListedColormap, to_rgba
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.legend import Legend
 from matplotlib.patches import Patch, Rectangle
 
 from .patterns import EMPTY, FULL, PARTIAL, Pattern, as_pattern
@@ -92,12 +99,12 @@ def pattern_stats(
     heads = kinds.shape[0]  # 1 for a shared pattern or a chosen head
     area = _tile_areas(n, block_size)  # (nb, nb)
 
-    # Allowed pairs: full tiles whole, partial tiles element by element.
-    allowed = int((area * (kinds == FULL)).sum())
-    partial = (kinds == PARTIAL).nonzero()  # (T, 3) rows (head, qb, kb)
-    if len(partial):
-        if head is not None and p.num_heads is not None:
-            partial[:, 0] = head  # kinds were sliced to one head: point back at it
+    if head is None or p.num_heads is None:
+        allowed = p.allowed_pairs(block_size)  # the pattern's own count (O(n) for windows)
+    else:  # one head of several: full tiles whole, partial tiles element by element
+        allowed = int((area * (kinds == FULL)).sum())
+        partial = (kinds == PARTIAL).nonzero()  # (T, 3) rows (0, qb, kb)
+        partial[:, 0] = head  # kinds were sliced to one head: point back at it
         allowed += int(p.tile_masks(partial, block_size).sum())
     computed = int((area * (kinds != EMPTY)).sum())
 
@@ -136,26 +143,256 @@ def _token_labels(ax: Axes) -> None:
     ax.set_ylabel("query i")
 
 
-def _draw_tiles(ax: Axes, kinds: torch.Tensor, block_size: int, n: int) -> None:
-    """Overlay (nb, nb) tile kinds on a token image: tint, hatching on partial, grid lines."""
-    nb = kinds.shape[-1]
+def _tile_colors(kinds: torch.Tensor) -> np.ndarray:
+    """(nb, nb, 4) RGBA tint of each tile kind: none on empty, light on partial and full."""
     rgba = torch.tensor(
         [to_rgba(c, alpha) for c, alpha in zip(KIND_COLORS, (0.0, 0.35, 0.3), strict=True)]
     )
-    edges = [-0.5 + min(b * block_size, n) for b in range(nb + 1)]  # pixel edges of tiles
-    ax.pcolormesh(edges, edges, rgba[kinds.long()].numpy(), shading="flat", zorder=2)
-    partial = [
+    return rgba[kinds.long()].numpy()
+
+
+def _partial_tiles(kinds: torch.Tensor, edges: list[float]) -> list[Rectangle]:
+    return [
         Rectangle((edges[kb], edges[qb]), edges[kb + 1] - edges[kb], edges[qb + 1] - edges[qb])
         for qb, kb in (kinds == PARTIAL).nonzero().tolist()
     ]
-    ax.add_collection(
+
+
+def _draw_tiles(ax: Axes, kinds: torch.Tensor, edges: list[float]) -> list[Artist]:
+    """Overlay (nb, nb) tile kinds on a token image: tint, hatching on partial, grid lines."""
+    tint = ax.pcolormesh(edges, edges, _tile_colors(kinds), shading="flat", zorder=2)
+    hatches = ax.add_collection(
         PatchCollection(
-            partial, facecolor="none", edgecolor=KIND_COLORS[PARTIAL], hatch="//", lw=0, zorder=3
-        )
+            _partial_tiles(kinds, edges),
+            facecolor="none",
+            edgecolor=KIND_COLORS[PARTIAL],
+            hatch="//",
+            lw=0,
+            zorder=3,
+        ),
+        autolim=False,
     )
     lines = [[(e, edges[0]), (e, edges[-1])] for e in edges]
     lines += [[(edges[0], e), (edges[-1], e)] for e in edges]
-    ax.add_collection(LineCollection(lines, colors="#9a9a9a", linewidths=0.6, zorder=4))
+    grid = ax.add_collection(
+        LineCollection(lines, colors="#9a9a9a", linewidths=0.6, zorder=4), autolim=False
+    )
+    return [tint, hatches, grid]
+
+
+def _mask_legend(ax: Axes, tiles: bool) -> Legend:
+    handles = [
+        Patch(facecolor=ALLOWED_COLOR, label="allowed pair"),
+        Patch(facecolor="white", edgecolor="#9a9a9a", label="masked pair"),
+    ]
+    if tiles:
+        handles += [
+            Patch(
+                facecolor=to_rgba(KIND_COLORS[FULL], 0.3), edgecolor="#9a9a9a", label="full tile"
+            ),
+            Patch(
+                facecolor=to_rgba(KIND_COLORS[PARTIAL], 0.35),
+                edgecolor=KIND_COLORS[PARTIAL],
+                hatch="//",
+                label="partial tile (masked inside)",
+            ),
+            Patch(facecolor="white", edgecolor="#9a9a9a", label="empty tile (skipped)"),
+        ]
+    return ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+        ncol=2,
+        fontsize="small",
+        frameon=False,
+    )
+
+
+def _show_image(image: AxesImage | None, ax: Axes, data: torch.Tensor, **kwargs) -> AxesImage:
+    """An image of `data` in `ax`: made on the first call, its data replaced afterwards."""
+    if image is None:
+        return ax.imshow(data.numpy(), **kwargs)
+    rows, cols = data.shape
+    image.set_data(data.numpy())
+    image.set_extent((-0.5, cols - 0.5, rows - 0.5, -0.5))  # the shape may have changed
+    return image
+
+
+# The updatable plots below draw a figure once and then only replace its data: an
+# interactive view (the explorer) changes a mask many times, and rebuilding the axes, ticks
+# and legends each time costs more than drawing them. `update` returns the artists it
+# changed, so a caller can redraw just those (matplotlib's blitting). The plot_* functions
+# are one `update` of a fresh plot.
+
+
+class MaskPlot:
+    """A live ``plot_mask``: ``update`` draws another mask into the same axes."""
+
+    def __init__(self, ax: Axes):
+        self.ax = ax
+        self.image: AxesImage | None = None
+        self._tiles: list[Artist] = []  # tint, hatching, grid lines
+        self._edges: list[float] | None = None  # the tile grid they show
+        self._legend_tiles: bool | None = None  # whether the legend names the tile kinds
+        _token_labels(ax)
+
+    def update(
+        self,
+        pattern_or_mask: Pattern | torch.Tensor,
+        head: int = 0,
+        block_size: int | None = None,
+        title: str | None = None,
+    ) -> list[Artist]:
+        """Show `pattern_or_mask` (head `head`); the arguments are those of ``plot_mask``."""
+        p = as_pattern(pattern_or_mask)
+        _check_head(p, head)
+        n = p.seq_len
+        idx = torch.arange(n)
+        mask = p.allows(idx.view(-1, 1), idx.view(1, -1), head).expand(n, n)  # (n, n)
+        ax = self.ax
+        self.image = _show_image(
+            self.image, ax, mask, cmap=ListedColormap(["white", ALLOWED_COLOR]), vmin=0, vmax=1
+        )
+        density = float(mask.sum()) / (n * n)
+        stats = f"density {density:.1%}: exact sparse FLOPs are {density:.1%} of dense"
+        if block_size is None:
+            self._show_tiles(None, None)
+        else:
+            kinds = _head_kinds(p, block_size, head)[0]  # (nb, nb)
+            # pixel edges of the tiles; the last block may be short
+            edges = [-0.5 + min(b * block_size, n) for b in range(kinds.shape[-1] + 1)]
+            self._show_tiles(kinds, edges)
+            s = pattern_stats(p, block_size, head=head)
+            stats = (
+                f"density {density:.1%}; block {block_size}: {s['active_blocks']}/"
+                f"{s['num_blocks'] ** 2} tiles = {s['block_flops'] / s['dense_flops']:.1%} "
+                "of dense FLOPs"
+            )
+        if self._legend_tiles != (block_size is not None):
+            self._legend_tiles = block_size is not None
+            _mask_legend(ax, self._legend_tiles)
+        head_note = f" (head {head})" if p.num_heads is not None else ""
+        ax.set_title(f"{title or 'attention mask'}{head_note}\n{stats}", fontsize="medium")
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_ylim(n - 0.5, -0.5)  # query 0 on top, as imshow draws it
+        return [self.image, *self._tiles, ax.title]
+
+    def _show_tiles(self, kinds: torch.Tensor | None, edges: list[float] | None) -> None:
+        """The tile overlay: recoloured in place on the same grid, made anew for another."""
+        if edges is not None and edges == self._edges:
+            tint, hatches, _ = self._tiles
+            tint.set_array(_tile_colors(kinds))
+            hatches.set_paths(_partial_tiles(kinds, edges))
+        else:
+            for artist in self._tiles:
+                artist.remove()
+            self._tiles = [] if edges is None else _draw_tiles(self.ax, kinds, edges)
+        self._edges = edges
+
+
+class BlockKindsPlot:
+    """A live ``plot_block_kinds``: ``update`` draws another tile map into the same axes."""
+
+    def __init__(self, ax: Axes):
+        self.ax = ax
+        self.image: AxesImage | None = None
+
+    def update(
+        self,
+        pattern: Pattern | torch.Tensor,
+        block_size: int,
+        head: int = 0,
+        title: str | None = None,
+    ) -> list[Artist]:
+        """Show the tiles of `pattern`; the arguments are those of ``plot_block_kinds``."""
+        p = as_pattern(pattern)
+        _check_head(p, head)
+        kinds = _head_kinds(p, block_size, head)[0]  # (nb, nb)
+        ax = self.ax
+        first = self.image is None
+        self.image = _show_image(
+            self.image,
+            ax,
+            kinds,
+            cmap=ListedColormap(KIND_COLORS),
+            norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3),
+            interpolation="nearest",
+        )
+        if first:
+            fig = ax.get_figure(root=True)
+            colorbar = fig.colorbar(self.image, ax=ax, ticks=[EMPTY, PARTIAL, FULL])
+            colorbar.ax.set_yticklabels(KIND_NAMES)
+        ax.set_xlabel(f"key block ({block_size} tokens)")
+        ax.set_ylabel(f"query block ({block_size} tokens)")
+        counts = ", ".join(
+            f"{int((kinds == k).sum())} {KIND_NAMES[k]}" for k in (FULL, PARTIAL, EMPTY)
+        )
+        head_note = f" (head {head})" if p.num_heads is not None else ""
+        heading = title or f"block kinds, block {block_size}"
+        ax.set_title(f"{heading}{head_note}\n{counts} of {kinds.numel()} tiles", fontsize="medium")
+        nb = kinds.shape[-1]
+        ax.set_xlim(-0.5, nb - 0.5)
+        ax.set_ylim(nb - 0.5, -0.5)
+        return [self.image, ax.title]
+
+
+class QueryWeightsPlot:
+    """A live ``plot_query_weights``: ``update`` draws another query's weights.
+
+    The y axis follows the largest weight, so it is among the artists an update changes.
+    """
+
+    def __init__(self, ax: Axes):
+        self.ax = ax
+        # Collections, not one bar patch per key: fast at n = 4096.
+        self.shade = ax.add_collection(
+            PolyCollection([], facecolor="#e6e6e6", lw=0, label="masked key"), autolim=False
+        )
+        self.stems = ax.add_collection(
+            LineCollection([], colors=ALLOWED_COLOR, label="weight"), autolim=False
+        )
+        self.query_line = ax.axvline(0, color="#e15759", lw=1, label="query")
+        ax.set_xlabel("key j")
+        ax.set_ylabel("weight")
+        ax.legend(loc="upper right", fontsize="small")
+
+    def update(
+        self,
+        weights: torch.Tensor,
+        allowed: torch.Tensor,
+        query: int,
+        title: str | None = None,
+    ) -> list[Artist]:
+        """Show `weights` (n,) of `query`; the arguments are those of ``plot_query_weights``."""
+        if weights.dim() != 1 or allowed.shape != weights.shape:
+            raise ValueError(
+                f"expected weights and allowed of one shape (n,), got {tuple(weights.shape)} "
+                f"and {tuple(allowed.shape)}"
+            )
+        n = weights.shape[0]
+        top = max(float(weights.max()), 1e-12) * 1.1
+        # One grey rectangle per run of masked keys, from its first to its last key.
+        flags = torch.cat([torch.zeros(1), (~allowed.bool()).float().cpu(), torch.zeros(1)])
+        starts = (flags.diff() == 1).nonzero().flatten() - 0.5  # (R,)
+        ends = (flags.diff() == -1).nonzero().flatten() - 0.5  # (R,) one past the run's last key
+        shade = torch.zeros(len(starts), 4, 2)  # (R, corner, x/y)
+        shade[:, [0, 3], 0], shade[:, [1, 2], 0] = starts.view(-1, 1), ends.view(-1, 1)
+        shade[:, [2, 3], 1] = top
+        self.shade.set_verts(shade.numpy())
+        # One vertical line per allowed key (a masked key's weight is 0: nothing to draw).
+        keys = allowed.bool().cpu().nonzero().flatten()  # (A,)
+        stems = torch.zeros(len(keys), 2, 2)  # (A, bottom/top, x/y)
+        stems[:, :, 0] = keys.view(-1, 1)
+        stems[:, 1, 1] = weights.detach().float().cpu()[keys]
+        self.stems.set_segments(stems.numpy())
+        self.query_line.set_xdata([query, query])
+
+        ax = self.ax
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_ylim(0, top)
+        heading = title or f"attention weights of query {query}"
+        ax.set_title(f"{heading}: {int(allowed.sum())} of {n} keys allowed", fontsize="medium")
+        return [self.shade, self.stems, self.query_line, ax.yaxis, ax.title]
 
 
 def plot_mask(
@@ -171,51 +408,8 @@ def plot_mask(
     allowed pairs, and with `block_size` over the tiles a block kernel computes.
     Materializes n x n booleans: for teaching sizes.
     """
-    p = as_pattern(pattern_or_mask)
-    _check_head(p, head)
-    n = p.seq_len
-    idx = torch.arange(n)
-    mask = p.allows(idx.view(-1, 1), idx.view(1, -1), head).expand(n, n)  # (n, n)
     fig, ax = _figure_and_axes(ax, (5.6, 5.6) if block_size else (4.8, 4.4))
-    ax.imshow(mask.numpy(), cmap=ListedColormap(["white", ALLOWED_COLOR]), vmin=0, vmax=1)
-    _token_labels(ax)
-
-    density = float(mask.sum()) / (n * n)
-    stats = f"density {density:.1%}: exact sparse FLOPs are {density:.1%} of dense"
-    handles = [
-        Patch(facecolor=ALLOWED_COLOR, label="allowed pair"),
-        Patch(facecolor="white", edgecolor="#9a9a9a", label="masked pair"),
-    ]
-    if block_size is not None:
-        s = pattern_stats(p, block_size, head=head)
-        _draw_tiles(ax, _head_kinds(p, block_size, head)[0], block_size, n)
-        stats = (
-            f"density {density:.1%}; block {block_size}: {s['active_blocks']}/"
-            f"{s['num_blocks'] ** 2} tiles = {s['block_flops'] / s['dense_flops']:.1%} "
-            "of dense FLOPs"
-        )
-        handles += [
-            Patch(
-                facecolor=to_rgba(KIND_COLORS[FULL], 0.3), edgecolor="#9a9a9a", label="full tile"
-            ),
-            Patch(
-                facecolor=to_rgba(KIND_COLORS[PARTIAL], 0.35),
-                edgecolor=KIND_COLORS[PARTIAL],
-                hatch="//",
-                label="partial tile (masked inside)",
-            ),
-            Patch(facecolor="white", edgecolor="#9a9a9a", label="empty tile (skipped)"),
-        ]
-    ax.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.12),
-        ncol=2,
-        fontsize="small",
-        frameon=False,
-    )
-    head_note = f" (head {head})" if p.num_heads is not None else ""
-    ax.set_title(f"{title or 'attention mask'}{head_note}\n{stats}", fontsize="medium")
+    MaskPlot(ax).update(pattern_or_mask, head, block_size, title)
     return fig
 
 
@@ -227,24 +421,8 @@ def plot_block_kinds(
     title: str | None = None,
 ) -> Figure:
     """The (nb, nb) map of tile kinds a block kernel iterates, one pixel per tile."""
-    p = as_pattern(pattern)
-    _check_head(p, head)
-    kinds = _head_kinds(p, block_size, head)[0]  # (nb, nb)
     fig, ax = _figure_and_axes(ax, (5.2, 4.4))
-    image = ax.imshow(
-        kinds.numpy(),
-        cmap=ListedColormap(KIND_COLORS),
-        norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3),
-        interpolation="nearest",
-    )
-    colorbar = fig.colorbar(image, ax=ax, ticks=[EMPTY, PARTIAL, FULL])
-    colorbar.ax.set_yticklabels(KIND_NAMES)
-    ax.set_xlabel(f"key block ({block_size} tokens)")
-    ax.set_ylabel(f"query block ({block_size} tokens)")
-    counts = ", ".join(f"{int((kinds == k).sum())} {KIND_NAMES[k]}" for k in (FULL, PARTIAL, EMPTY))
-    head_note = f" (head {head})" if p.num_heads is not None else ""
-    heading = title or f"block kinds, block {block_size}"
-    ax.set_title(f"{heading}{head_note}\n{counts} of {kinds.numel()} tiles", fontsize="medium")
+    BlockKindsPlot(ax).update(pattern, block_size, head, title)
     return fig
 
 
@@ -277,30 +455,9 @@ def plot_query_weights(
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Figure:
-    """One query's weights (n,) over the keys, masked keys (allowed (n,) False) shaded."""
-    if weights.dim() != 1 or allowed.shape != weights.shape:
-        raise ValueError(
-            f"expected weights and allowed of one shape (n,), got {tuple(weights.shape)} and "
-            f"{tuple(allowed.shape)}"
-        )
-    n = weights.shape[0]
+    """One query's weights (n,) over the keys: a line per allowed key, masked keys shaded."""
     fig, ax = _figure_and_axes(ax, (8.0, 2.6))
-    keys = torch.arange(n).numpy()
-    masked_keys = (~allowed.bool()).cpu().numpy()
-    top = max(float(weights.max()), 1e-12) * 1.1
-    # Collections, not one bar patch per key: fast at n = 4096 (the explorer redraws this).
-    ax.fill_between(
-        keys, 0, top, where=masked_keys, step="mid", color="#e6e6e6", lw=0, label="masked key"
-    )
-    ax.vlines(keys, 0, weights.detach().float().cpu().numpy(), color=ALLOWED_COLOR, label="weight")
-    ax.axvline(query, color="#e15759", lw=1, label=f"query {query}")
-    ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(0, top)
-    ax.set_xlabel("key j")
-    ax.set_ylabel("weight")
-    ax.legend(loc="upper right", fontsize="small")
-    heading = title or f"attention weights of query {query}"
-    ax.set_title(f"{heading}: {int(allowed.sum())} of {n} keys allowed", fontsize="medium")
+    QueryWeightsPlot(ax).update(weights, allowed, query, title)
     return fig
 
 

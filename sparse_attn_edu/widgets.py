@@ -16,7 +16,8 @@ and BigBird (Zaheer et al. 2020, arXiv:2007.14062):
 Every number and mask comes from the library (``patterns``, ``viz``, ``propagation``,
 ``masked``); this module only wires controls to it and draws. Figures are rendered to PNG
 into ``widgets.Image``, so the explorer looks the same in JupyterLab, the classic notebook
-and Voila. The standalone page (also ``make explorer``)::
+and Voila; each view's figure is made once and updated in place, redrawing only what
+changed (blitting, see ``_View``). The standalone page (also ``make explorer``)::
 
     .venv/bin/voila notebooks/06_mask_explorer.ipynb --port=8866 --no-browser
 
@@ -24,24 +25,28 @@ Responsiveness at n = 4096: sliders update on release, only the views a control 
 are redrawn, patterns and propagation results are cached, an uncached reachability is
 computed on a worker thread (the other views never wait for it), and the token mask is
 drawn for at most ``MAX_IMAGE_TOKENS`` tokens (a labelled zoom; the block kinds map shows
-them all). What remains is matplotlib drawing the figures.
+them all). Most of the rest is matplotlib drawing the changed artists and PNG encoding.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import math
 import re
+import struct
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import ipywidgets as widgets
+import numpy as np
 import torch
+from matplotlib.artist import Artist
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -79,11 +84,90 @@ class _LRU(OrderedDict):
         return value
 
 
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    # Fast zlib level: encoding is part of every update, a few KB more hardly matter.
-    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
-    return buf.getvalue()
+class _View:
+    """One view's figure, kept for the explorer's life and redrawn by blitting.
+
+    Matplotlib draws text glyph by glyph, and most of a figure's text -- tick labels, axis
+    labels, legends, colour bars -- never changes while a slider moves. So everything but
+    the artists an update changes is drawn once, as a background; an update restores it
+    and draws only those artists on top (with the axes frames that a normal draw puts over
+    them). The background is drawn again when it no longer fits: another set of changing
+    artists, or other axes limits (hence tick labels), axis labels or legends.
+    """
+
+    def __init__(self, figsize: tuple[float, float], **margins):
+        self.figure = Figure(figsize=figsize, dpi=DPI)
+        # Fixed margins: a layout engine would cost as much as the drawing itself.
+        self.figure.subplots_adjust(**margins)
+        self.canvas = FigureCanvasAgg(self.figure)
+        self._background = None
+        self._drawn_with: list | None = None  # what the background was drawn for
+        self._animated: list[Artist] = []  # drawn over the background, in this order
+
+    def _state(self, changed: list[Artist]) -> list:
+        state = [set(changed)]
+        for ax in self.figure.axes:
+            state += [ax.get_xlabel(), ax.get_ylabel(), ax.get_legend()]
+            state += [ax.get_xlim() if ax.xaxis not in changed else None]
+            state += [ax.get_ylim() if ax.yaxis not in changed else None]
+        return state
+
+    def _draw_background(self, changed: list[Artist]) -> None:
+        for artist in self._animated:
+            artist.set_animated(False)
+        # What a normal draw puts over the changed data: frames, and legends inside the axes.
+        renderer = self.canvas.get_renderer()
+        over = []
+        for ax in {artist.axes for artist in changed} - {None}:
+            over += ax.spines.values()
+            legend = ax.get_legend()
+            if legend is not None and legend.get_window_extent(renderer).overlaps(ax.bbox):
+                over.append(legend)
+        self._animated = sorted(changed + over, key=lambda artist: artist.get_zorder())
+        for artist in self._animated:
+            artist.set_animated(True)  # left out of canvas.draw()
+        self.canvas.draw()
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+
+    def png(self, changed: list[Artist]) -> bytes:
+        """The figure as PNG bytes, after an update that changed the artists `changed`."""
+        state = self._state(changed)
+        if state != self._drawn_with:
+            self._draw_background(changed)
+            self._drawn_with = state
+        else:
+            self.canvas.restore_region(self._background)
+        renderer = self.canvas.get_renderer()
+        for artist in self._animated:
+            artist.draw(renderer)
+        return _png(self.canvas.buffer_rgba())
+
+
+def _png(rgba: memoryview) -> bytes:
+    """(height, width, 4) uint8 pixels of an opaque figure as an RGB PNG, encoded fast.
+
+    Every update encodes its views, so this takes the quickest honest route: rows left
+    unfiltered (PIL picks a filter per row, which costs more than the compression) and
+    zlib's fastest level; the files come out no larger than PIL's at that level.
+    """
+    pixels = np.asarray(rgba)
+    height, width = pixels.shape[:2]
+    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # each row: filter byte 0 ("None")
+    rows[:, 1:].reshape(height, width, 3)[:] = pixels[:, :, :3]  # RGB: the alpha is dropped
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits per channel, RGB
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)),
+            chunk(b"IEND", b""),
+        ]
+    )
 
 
 def build_pattern(settings: dict) -> patterns.Pattern:
@@ -161,6 +245,46 @@ def mask_mod_source(settings: dict) -> str:
         f"device='cpu', BLOCK_SIZE={bs})",
     ]
     return "\n".join(lines) + "\n"
+
+
+class _ReachPlot:
+    """Left: who reaches query i after 0..L layers; right: pairs connected per layer."""
+
+    def __init__(self, fig: Figure):
+        self.left, self.right = fig.subplots(1, 2, width_ratios=[2, 1])
+        self.image = None
+        self.query_line = self.left.axvline(0, color="tab:red", lw=0.8)
+        self.left.set(xlabel="source position j", ylabel="layers")
+        self.left.yaxis.set_major_locator(MaxNLocator(integer=True))
+        (self.curve,) = self.right.plot([], [], marker="o", ms=3)
+        self.right.set(title="pairs (i, j) connected", xlabel="layers", ylabel="fraction")
+        self.right.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    def update(
+        self, n: int, layers: int, i: int, receptive: torch.Tensor, fractions: torch.Tensor
+    ) -> list[Artist]:
+        """Show `receptive` (L + 1, n) bool and `fractions` (L + 1,); returns what changed."""
+        extent = (-0.5, n - 0.5, layers + 0.5, -0.5)
+        if self.image is None:
+            self.image = self.left.imshow(
+                receptive.numpy(),
+                aspect="auto",
+                cmap="Blues",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+                extent=extent,
+            )
+        else:
+            self.image.set_data(receptive.numpy())
+            self.image.set_extent(extent)
+        self.left.set(xlim=extent[:2], ylim=extent[2:])
+        self.query_line.set_xdata([i, i])
+        self.left.set_title(f"positions whose information reaches query {i} (red)")
+        self.curve.set_data(range(layers + 1), fractions.numpy())
+        # matplotlib's default 5 % margins around the layers, and room above a fraction of 1
+        self.right.set(xlim=(-0.05 * layers, 1.05 * layers), ylim=(0, 1.05))
+        return [self.image, self.query_line, self.left.title, self.curve]
 
 
 class MaskExplorer:
@@ -242,7 +366,27 @@ class MaskExplorer:
         self.weights: torch.Tensor | None = None
         self.error = ""
         self.timings: dict[str, float] = {}
-        self.figures: dict[str, Figure] = {}  # the last figure of each view, for inspection
+        # One figure per view, made once and updated in place (see _View).
+        self._views = {
+            "mask": _View(
+                FIGSIZE["mask"], left=0.07, right=0.95, top=0.88, bottom=0.22, wspace=0.3
+            ),
+            "reach": _View(
+                FIGSIZE["reach"], left=0.07, right=0.98, top=0.9, bottom=0.17, wspace=0.2
+            ),
+            "weights": _View(FIGSIZE["weights"], left=0.07, right=0.87, top=0.88, bottom=0.2),
+        }
+        self.figures: dict[str, Figure] = {name: view.figure for name, view in self._views.items()}
+        left, right = self.figures["mask"].subplots(1, 2)
+        self._token_plot, self._kinds_plot = viz.MaskPlot(left), viz.BlockKindsPlot(right)
+        self._reach_plot = _ReachPlot(self.figures["reach"])
+        weights_ax = self.figures["weights"].subplots()
+        self._weights_plot = viz.QueryWeightsPlot(weights_ax)
+        # The y axis follows the largest weight, so it is redrawn on every update: a fixed
+        # label position saves measuring every tick label for it. The legend goes beside the
+        # axes, off the data, so it stays in the background (see _View).
+        weights_ax.yaxis.set_label_coords(-0.065, 0.5)
+        weights_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         self._patterns = _LRU(16)
         self._receptive = _LRU(64)
         self._fractions = _LRU(64)
@@ -319,29 +463,32 @@ class MaskExplorer:
         self.timings = {}
         settings = self.settings
         self._show_controls(settings["pattern"])
-        try:
-            key = self._pattern_key(settings)
-            pattern = self._patterns.get_or(key, lambda: build_pattern(settings))
-            # Keep the query on the sequence; the slider's own clamp is one more update.
-            with self._quiet():
-                self.controls["query"].max = pattern.seq_len - 1
-            settings["query"] = self.controls["query"].value
-            self.pattern = pattern
-            head, query, layers = settings["head"], settings["query"], settings["layers"]
-            # What each view shows is a function of these inputs: skip it when they match.
-            if self._stale("mask", key, head, settings["block_size"]):
-                with self._draw_lock:
-                    self._draw_mask(pattern, settings)
-                self._draw_stats(pattern, settings)
-                self.export.value = python_source(pattern) + "\n\n" + mask_mod_source(settings)
-            if self._stale("reach", key, layers, query):
-                self._draw_reach(pattern, key, settings)
-            if self._stale("weights", key, head, query):
-                with self._draw_lock:
-                    self._draw_weights(pattern, settings)
-        except (ValueError, TypeError) as exc:  # invalid settings: say why, keep the views
-            self._show_error(exc)
-            return
+        # The explorer's tensors are small: torch's thread pool costs more than it saves.
+        with propagation._one_thread():
+            try:
+                key = self._pattern_key(settings)
+                pattern = self._patterns.get_or(key, lambda: build_pattern(settings))
+                # Keep the query on the sequence; the slider's own clamp is one more update.
+                with self._quiet():
+                    self.controls["query"].max = pattern.seq_len - 1
+                settings["query"] = self.controls["query"].value
+                self.pattern = pattern
+                head, query, layers = settings["head"], settings["query"], settings["layers"]
+                # What each view shows is a function of these inputs: skip it when they match.
+                if self._stale("mask", key, head, settings["block_size"]):
+                    with self._draw_lock:
+                        self._draw_mask(pattern, settings)
+                    self._draw_stats(pattern, settings)
+                    self.export.value = python_source(pattern) + "\n\n" + mask_mod_source(settings)
+                if self._stale("weights", key, head, query):
+                    with self._draw_lock:
+                        self._draw_weights(pattern, settings)
+                # Last: an uncached reach starts on the worker once the other views are drawn.
+                if self._stale("reach", key, layers, query):
+                    self._draw_reach(pattern, key, settings)
+            except (ValueError, TypeError) as exc:  # invalid settings: say why, keep the views
+                self._show_error(exc)
+                return
         self.error = ""
         self.timings["total"] = time.perf_counter() - start
         self.message.value = (
@@ -398,17 +545,10 @@ class MaskExplorer:
         zoom = min(n, MAX_IMAGE_TOKENS)
         idx = torch.arange(zoom)
         tokens = pattern.allows(idx.view(-1, 1), idx.view(1, -1), head)  # (zoom, zoom)
-        fig = Figure(figsize=FIGSIZE["mask"])
-        # Fixed margins: a layout engine would cost as much as the drawing itself.
-        fig.subplots_adjust(left=0.07, right=0.95, top=0.88, bottom=0.22, wspace=0.3)
-        left, right = fig.subplots(1, 2)
         title = "token mask" if zoom == n else f"token mask: zoom on tokens 0..{zoom - 1} of {n}"
-        viz.plot_mask(tokens, block_size=bs, ax=left, title=title)
-        viz.plot_block_kinds(
-            pattern, block_size=bs, head=head, ax=right, title=f"block kinds, all {n} tokens"
-        )
-        self.figures["mask"] = fig
-        self.mask_image.value = _png(fig)
+        changed = self._token_plot.update(tokens, block_size=bs, title=title)
+        changed += self._kinds_plot.update(pattern, bs, head, title=f"block kinds, all {n} tokens")
+        self.mask_image.value = self._views["mask"].png(changed)
         self.timings["mask"] = time.perf_counter() - t
 
     def _draw_stats(self, pattern: patterns.Pattern, settings: dict) -> None:
@@ -451,13 +591,16 @@ class MaskExplorer:
         def job() -> None:
             t = time.perf_counter()
             try:
-                receptive = self._receptive.get_or(
-                    (key, layers, i), lambda: propagation.receptive_field(pattern, i, layers)
-                )  # (L + 1, n)
-                fractions = self._fractions.get_or(
-                    (key, layers), lambda: propagation.fraction_reachable(pattern, layers)
-                )  # (L + 1,)
-                connect = self._connect.get_or(key, lambda: propagation.layers_to_connect(pattern))
+                with propagation._one_thread():  # small ops: see _update
+                    receptive = self._receptive.get_or(
+                        (key, layers, i), lambda: propagation.receptive_field(pattern, i, layers)
+                    )  # (L + 1, n)
+                    fractions = self._fractions.get_or(
+                        (key, layers), lambda: propagation.fraction_reachable(pattern, layers)
+                    )  # (L + 1,)
+                    connect = self._connect.get_or(
+                        key, lambda: propagation.layers_to_connect(pattern)
+                    )
             except (ValueError, TypeError) as exc:
                 self._show_error(exc)
                 return
@@ -477,35 +620,9 @@ class MaskExplorer:
             self._reach_job = self._worker.submit(job)
 
     def _show_reach(self, n, layers, i, receptive, fractions, connect) -> None:
-        """Left: who reaches query i after 0..L layers; right: pairs connected per layer."""
         self.receptive, self.reach_fractions, self.connect_layers = receptive, fractions, connect
-        fig = Figure(figsize=FIGSIZE["reach"])
-        fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.17, wspace=0.2)
-        left, right = fig.subplots(1, 2, width_ratios=[2, 1])
-        left.imshow(
-            receptive.numpy(),
-            aspect="auto",
-            cmap="Blues",
-            interpolation="nearest",
-            extent=(-0.5, n - 0.5, layers + 0.5, -0.5),
-        )
-        left.axvline(i, color="tab:red", lw=0.8)
-        left.set(
-            title=f"positions whose information reaches query {i} (red)",
-            xlabel="source position j",
-            ylabel="layers",
-        )
-        left.yaxis.set_major_locator(MaxNLocator(integer=True))
-        right.plot(range(layers + 1), fractions.numpy(), marker="o", ms=3)
-        right.set(
-            title="pairs (i, j) connected",
-            xlabel="layers",
-            ylabel="fraction",
-            ylim=(0, 1.05),
-        )
-        right.xaxis.set_major_locator(MaxNLocator(integer=True))
-        self.figures["reach"] = fig
-        self.reach_image.value = _png(fig)
+        changed = self._reach_plot.update(n, layers, i, receptive, fractions)
+        self.reach_image.value = self._views["reach"].png(changed)
         when = (
             "never (some pair is never connected)"
             if math.isinf(connect)
@@ -529,13 +646,10 @@ class MaskExplorer:
         allowed = pattern.allows(torch.tensor(i), torch.arange(n), head)  # (n,)
         scores = (k @ q[i]) / math.sqrt(HEAD_DIM)  # (n,) q_i . k_j / sqrt(d)
         self.weights = masked.masked_softmax(scores.view(1, n), allowed.view(1, n))[0]
-        fig = Figure(figsize=FIGSIZE["weights"])
-        fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.2)
-        viz.plot_query_weights(
-            self.weights, allowed, i, ax=fig.subplots(), title=f"head {head}, query {i}"
+        changed = self._weights_plot.update(
+            self.weights, allowed, i, title=f"head {head}, query {i}"
         )
-        self.figures["weights"] = fig
-        self.weights_image.value = _png(fig)
+        self.weights_image.value = self._views["weights"].png(changed)
         self.timings["weights"] = time.perf_counter() - t
 
     def random_qk(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -157,8 +157,10 @@ def test_plot_query_weights_bars():
     weights = torch.tensor([0.5, 0.0, 0.5, 0.0])
     allowed = torch.tensor([True, False, True, False])
     fig = viz.plot_query_weights(weights, allowed, query=2)
-    stems = fig.axes[0].collections[1].get_segments()  # one vertical line per key
-    np.testing.assert_allclose([top for (_, _), (_, top) in stems], weights.numpy())
+    stems = fig.axes[0].collections[1].get_segments()  # one vertical line per allowed key
+    np.testing.assert_allclose(
+        [(x, y0, y1) for (x, y0), (_, y1) in stems], [(0, 0, 0.5), (2, 0, 0.5)]
+    )
     assert "2 of 4 keys allowed" in fig.axes[0].get_title()
 
 
@@ -188,3 +190,65 @@ def test_plot_growth_lines():
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     with pytest.raises(ValueError, match="expected 3 values for 'x'.*got 2"):
         viz.plot_growth(sizes, {"x": [1.0, 2.0]}, "ms")
+
+
+def test_live_plots_redraw_in_place():
+    # The explorer keeps one MaskPlot / BlockKindsPlot and updates it: after each update it
+    # must show exactly the new pattern -- also across sizes and tile grids (the grid is
+    # recoloured in place when it stays the same, rebuilt when it changes).
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    tokens, tiles = viz.MaskPlot(left), viz.BlockKindsPlot(right)
+    steps = [
+        ("bigbird/heads", 2, 8),
+        ("bigbird/heads", 0, 8),
+        ("longformer", 0, 8),
+        ("dense", 0, 5),
+    ]
+    for name, head, bs in steps:
+        p = CASES[name]()
+        m = mask3(p)
+        h = head if m.shape[0] > 1 else 0
+        n = m.shape[-1]
+        tokens.update(p, head=head, block_size=bs)
+        tiles.update(p, bs, head=head)
+        np.testing.assert_array_equal(np.asarray(left.images[0].get_array()), m[h].numpy())
+        assert len(left.images) == 1 and left.get_xlim() == (-0.5, n - 0.5)
+        meshes = [c for c in left.collections if isinstance(c, QuadMesh)]
+        kinds = kinds_of(m, bs)[h]
+        assert len(meshes) == 1
+        colors = np.asarray(meshes[0].get_array()).reshape(kinds.shape + (4,))
+        for kind in range(3):
+            rgb = to_rgba(viz.KIND_COLORS[kind])[:3]
+            np.testing.assert_allclose(
+                colors[kinds.numpy() == kind][:, :3],
+                np.broadcast_to(rgb, (int((kinds == kind).sum()), 3)),
+            )
+        hatched = left.collections[1].get_paths()  # one hatched rectangle per partial tile
+        assert len(hatched) == int((kinds == 1).sum())
+        assert f"density {m[h].float().mean().item():.1%}" in left.get_title()
+        np.testing.assert_array_equal(np.asarray(right.images[0].get_array()), kinds.numpy())
+        assert f"{int((kinds == 2).sum())} full" in right.get_title()
+    assert len(fig.axes) == 3, "one colour bar, made once"
+
+
+def test_query_weights_redraw_in_place():
+    ax = Figure().subplots()
+    plot = viz.QueryWeightsPlot(ax)
+    gen = torch.Generator().manual_seed(0)
+    for n, query in [(12, 3), (30, 29)]:
+        allowed = torch.rand(n, generator=gen) < 0.5
+        allowed[query] = True
+        weights = torch.softmax(torch.randn(n, generator=gen).masked_fill(~allowed, -torch.inf), 0)
+        plot.update(weights, allowed, query)
+        stems = {int(x): top for (x, _), (_, top) in plot.stems.get_segments()}
+        assert sorted(stems) == allowed.nonzero().flatten().tolist()
+        np.testing.assert_allclose([stems[j] for j in sorted(stems)], weights[allowed].numpy())
+        # The grey shade covers exactly the masked keys' cells [j - 0.5, j + 0.5].
+        shaded = [
+            j for j in range(n) if any(p.contains_point((j, 1e-9)) for p in plot.shade.get_paths())
+        ]
+        assert shaded == (~allowed).nonzero().flatten().tolist()
+        assert ax.get_ylim()[1] == pytest.approx(1.1 * float(weights.max()))
+        assert plot.query_line.get_xdata()[0] == query
+        assert f"{int(allowed.sum())} of {n} keys allowed" in ax.get_title()
