@@ -339,7 +339,8 @@ class BlockKindsPlot:
 class QueryWeightsPlot:
     """A live ``plot_query_weights``: ``update`` draws another query's weights.
 
-    The y axis follows the largest weight, so it is among the artists an update changes.
+    ``stems`` is one line through (j, 0), (j, weight), gap for each allowed key j. The y axis
+    follows the largest weight, so it is among the artists an update changes.
     """
 
     def __init__(self, ax: Axes):
@@ -348,9 +349,8 @@ class QueryWeightsPlot:
         self.shade = ax.add_collection(
             PolyCollection([], facecolor="#e6e6e6", lw=0, label="masked key"), autolim=False
         )
-        self.stems = ax.add_collection(
-            LineCollection([], colors=ALLOWED_COLOR, label="weight"), autolim=False
-        )
+        # All stems in one line, NaN-separated: one path to draw, however many keys.
+        (self.stems,) = ax.plot([], [], color=ALLOWED_COLOR, lw=1.5, label="weight")
         self.query_line = ax.axvline(0, color="#e15759", lw=1, label="query")
         ax.set_xlabel("key j")
         ax.set_ylabel("weight")
@@ -381,10 +381,11 @@ class QueryWeightsPlot:
         self.shade.set_verts(shade.numpy())
         # One vertical line per allowed key (a masked key's weight is 0: nothing to draw).
         keys = allowed.bool().cpu().nonzero().flatten()  # (A,)
-        stems = torch.zeros(len(keys), 2, 2)  # (A, bottom/top, x/y)
-        stems[:, :, 0] = keys.view(-1, 1)
+        stems = torch.full((len(keys), 3, 2), torch.nan)  # (A, bottom/top/gap, x/y)
+        stems[:, :2, 0] = keys.view(-1, 1)
+        stems[:, 0, 1] = 0.0
         stems[:, 1, 1] = weights.detach().float().cpu()[keys]
-        self.stems.set_segments(stems.numpy())
+        self.stems.set_data(stems[:, :, 0].flatten().numpy(), stems[:, :, 1].flatten().numpy())
         self.query_line.set_xdata([query, query])
 
         ax = self.ax

@@ -157,10 +157,11 @@ def test_plot_query_weights_bars():
     weights = torch.tensor([0.5, 0.0, 0.5, 0.0])
     allowed = torch.tensor([True, False, True, False])
     fig = viz.plot_query_weights(weights, allowed, query=2)
-    stems = fig.axes[0].collections[1].get_segments()  # one vertical line per allowed key
+    stems = fig.axes[0].lines[0].get_xydata()  # (j, 0), (j, weight), gap per allowed key
     np.testing.assert_allclose(
-        [(x, y0, y1) for (x, y0), (_, y1) in stems], [(0, 0, 0.5), (2, 0, 0.5)]
+        stems.reshape(-1, 3, 2)[:, :2], [[(0, 0), (0, 0.5)], [(2, 0), (2, 0.5)]]
     )
+    assert np.isnan(stems[2::3]).all()
     assert "2 of 4 keys allowed" in fig.axes[0].get_title()
 
 
@@ -241,7 +242,7 @@ def test_query_weights_redraw_in_place():
         allowed[query] = True
         weights = torch.softmax(torch.randn(n, generator=gen).masked_fill(~allowed, -torch.inf), 0)
         plot.update(weights, allowed, query)
-        stems = {int(x): top for (x, _), (_, top) in plot.stems.get_segments()}
+        stems = {int(x): top for (x, _), (_, top), _ in plot.stems.get_xydata().reshape(-1, 3, 2)}
         assert sorted(stems) == allowed.nonzero().flatten().tolist()
         np.testing.assert_allclose([stems[j] for j in sorted(stems)], weights[allowed].numpy())
         # The grey shade covers exactly the masked keys' cells [j - 0.5, j + 0.5].
