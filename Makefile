@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export MPLBACKEND := Agg
 
 .PHONY: install tutorials test test-fast explorer bench browser lint clean
 
