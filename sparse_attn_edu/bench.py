@@ -384,6 +384,9 @@ def markdown(report: dict) -> str:
         f"{cfg['dtype']}, B={cfg['batch']}, H={cfg['heads']}, D={cfg['head_dim']}; "
         f"{report['date']}",
         "",
+        f"Load average before / after the run (1, 5, 15 min): {_load(report, 'before')} / "
+        f"{_load(report, 'after')}",
+        "",
         f"Command: `{report['command']}`",
         "",
     ]
@@ -406,11 +409,10 @@ def markdown(report: dict) -> str:
             cells += [r.get("build_s"), r.get("warmup_fwd_s"), r["status"]]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         facts = report["summary"].get(name, {})
-        lines += [
-            "",
-            "blocked: log-log slope "
-            + ", ".join(f"{k[6:]} {v:.2f}" for k, v in facts.items() if k.startswith("slope")),
-        ]
+        slopes = [f"{k[6:]} {v:.2f}" for k, v in facts.items() if k.startswith("slope")]
+        lines.append("")
+        if slopes:  # blocked measured at two or more n
+            lines.append("blocked: log-log slope " + ", ".join(slopes))
         for key, what in (
             ("speedup_fwd_ms", "times faster (fwd)"),
             ("speedup_fwd_bwd_ms", "times faster (fwd+bwd)"),
@@ -421,6 +423,19 @@ def markdown(report: dict) -> str:
                     cells = ", ".join(f"n={n}: {x:.2f}" for n, x in sorted(by_n.items()))
                     lines.append(f"- blocked vs {method}: {what} {cells}")
     return "\n".join(lines) + "\n"
+
+
+def _load(report: dict, when: str) -> str:
+    load = report.get("load_average", {}).get(when)
+    return "unknown" if load is None else ", ".join(f"{x:.2f}" for x in load)
+
+
+def load_average() -> list[float] | None:
+    """The machine's load average: other jobs on the same cores slow every method down."""
+    try:
+        return list(os.getloadavg())
+    except OSError:  # not available on this platform
+        return None
 
 
 def _cell(value) -> str:
@@ -487,6 +502,7 @@ def main(argv=None) -> dict | None:
     stem = args.out / (args.name or f"bench_{args.device}")
     partial = stem.with_suffix(".partial.jsonl")
     partial.unlink(missing_ok=True)
+    load_before = load_average()
     progress = tqdm(configs, unit="config")
     for pattern, n, method in progress:
         progress.set_description(f"{pattern} n={n} {method}")
@@ -507,6 +523,7 @@ def main(argv=None) -> dict | None:
         "command": "python -m sparse_attn_edu.bench "
         + shlex.join(sys.argv[1:] if argv is None else argv),
         "config": {k: v for k, v in vars(args).items() if k not in ("worker", "config")},
+        "load_average": {"before": load_before, "after": load_average()},
         "methods": methods,
         "not_measured": not_measured,
         "results": results,

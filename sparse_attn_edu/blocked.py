@@ -13,8 +13,10 @@ Three ideas, in the order the code uses them:
    column inside a block) use their exact (bs, bs) mask from ``layout.tile_masks``.
 
 2. **Gather**: for query block r and its e-th listed key block c = row_index[r, e], copy
-   the key and value block c next to it. All query blocks take their e-th block at once,
-   so one batched matmul (R, B*H, bs, D) @ (R, B*H, D, C*bs) scores R x C tiles in one call.
+   the key and value block c next to it. q, k and v are only *viewed* as tiles
+   (B*H, nb, bs, D) -- no copy of the whole sequence is made -- and each step copies just
+   the tiles it needs, so one batched matmul (B*H, R, bs, D) @ (B*H, R, D, C*bs) scores
+   R x C tiles in one call, and its result is written straight into the output.
    Query blocks are grouped by how many key blocks they visit (a global row visits all of
    them, a window row a handful), so short rows do not wait for long ones, and each step
    takes as many rows and slots as fit in a fixed budget of scores: the Python loop runs
@@ -124,17 +126,12 @@ def _row_chunks(layout: BlockSparseLayout, batch_heads: int):
             yield part, width, _slot_chunk(batch_heads, len(part), bs, width)
 
 
-def _blocks(x: torch.Tensor, nb: int, bs: int) -> torch.Tensor:
-    """(B, H, N, D) -> (nb, B * H, bs, D): block-major, so a gather copies whole tiles."""
+def _tiles(x: torch.Tensor, nb: int, bs: int) -> torch.Tensor:
+    """(B, H, N, D) -> (B * H, nb, bs, D) tiles: a view, no copy, when bs divides N."""
     batch, heads, n, dim = x.shape
-    x = torch.nn.functional.pad(x, (0, 0, 0, nb * bs - n))  # zero-pad N up to nb * bs
-    return x.view(batch * heads, nb, bs, dim).transpose(0, 1).contiguous()
-
-
-def _unblocks(x: torch.Tensor, batch: int, heads: int, n: int) -> torch.Tensor:
-    """(nb, B * H, bs, ...) -> (B, H, n, ...): the inverse of `_blocks`, padding dropped."""
-    x = x.transpose(0, 1).flatten(1, 2)[:, :n]  # (B * H, nb * bs, ...)
-    return x.reshape(batch, heads, n, *x.shape[2:])
+    if n != nb * bs:  # a short last block: zero-pad N up to nb * bs (the one copy we need)
+        x = torch.nn.functional.pad(x, (0, 0, 0, nb * bs - n))
+    return x.reshape(batch * heads, nb, bs, dim)
 
 
 @dataclass(frozen=True)
@@ -144,8 +141,9 @@ class _Step:
     rows: torch.Tensor  # (R,) query block ids
     first: int
     last: int
-    gather: torch.Tensor  # (R * BH * C,) rows of the flat (nb * BH, bs, D) key blocks
-    masked_out: torch.Tensor | None  # bool (R, BH | 1, bs, C * bs), True = not allowed
+    gather: torch.Tensor  # (BH * R * C,) rows of the flat (BH * nb, bs, D) key tiles
+    masked_out: torch.Tensor | None  # bool (BH | 1, R, bs, C' * bs), True = not allowed
+    masked_from: int  # score column where masking starts: slots before it are all full
 
 
 def _plan(layout: BlockSparseLayout, batch_heads: int) -> list[list[_Step]]:
@@ -169,36 +167,42 @@ def _step(layout: BlockSparseLayout, batch_heads: int, rows, first: int, last: i
     tile = layout.row_tile[:, rows, first:last].long()  # (H', R, C) partial tile ids or -1
     listed = torch.arange(first, last, device=device) < layout.row_count[:, rows, None]
 
-    # The gather: tile (r, bh, c) is row index * BH + bh of the flat key blocks.
+    # The gather: tile (bh, r, c) is row bh * nb + index of the flat key tiles.
     bh = torch.arange(batch_heads, device=device)
     layout_head = bh % layout.num_layout_heads  # 0 when shared, h (or b * H + h) otherwise
-    gather = (index[layout_head].permute(1, 0, 2) * batch_heads + bh.view(1, -1, 1)).flatten()
+    gather = (bh.view(-1, 1, 1) * nb + index[layout_head]).flatten()
 
     # Keys past seq_len (a short last block) are never attended, even in a "full" tile.
     key_valid = (torch.arange(nb * bs, device=device) < layout.seq_len).view(nb, bs)
-    full = listed & (tile < 0) & key_valid[index].all(-1)
-    if bool(full.all()):
-        return _Step(rows, first, last, gather, None)  # every tile full: no mask at all
+    full = listed & (tile < 0) & key_valid[index].all(-1)  # (H', R, C)
+    needs_mask = ~full.flatten(0, 1).all(0)  # (C,) slots where some tile is not full
+    if not bool(needs_mask.any()):
+        return _Step(rows, first, last, gather, None, 0)  # every tile full: no mask at all
+    # Full tiles are listed first, so usually only the last few slots need the mask:
+    # keep the mask of slots [j, C) only, and mask just those columns of the scores.
+    j = int(needs_mask.int().argmax())
+    index, tile, listed = index[..., j:], tile[..., j:], listed[..., j:]
     # Partial tiles take their exact element mask; full or unlisted ones a key mask.
     mask = (key_valid[index] & listed.unsqueeze(-1)).unsqueeze(-2)  # (H', R, C, 1, bs)
     if len(layout.tile_masks):
         element = layout.tile_masks[tile.clamp(min=0)]  # (H', R, C, bs, bs)
         mask = torch.where((tile >= 0).view(*tile.shape, 1, 1), element, mask)
-    mask = mask.expand(-1, -1, -1, bs, -1).permute(1, 0, 3, 2, 4)  # (R, H', bs, C, bs)
-    mask = mask.reshape(len(rows), -1, bs, (last - first) * bs)  # the column order of keys
-    if 1 < mask.shape[1] < batch_heads:  # per-head layout, batch > 1: repeat it per batch
-        mask = mask.repeat(1, batch_heads // mask.shape[1], 1, 1)
-    return _Step(rows, first, last, gather, ~mask)
+    mask = mask.expand(-1, -1, -1, bs, -1).transpose(2, 3)  # (H', R, bs, C, bs)
+    mask = mask.reshape(-1, len(rows), bs, index.shape[-1] * bs)  # the column order of keys
+    if 1 < mask.shape[0] < batch_heads:  # per-head layout, batch > 1: repeat it per batch
+        mask = mask.repeat(batch_heads // mask.shape[0], 1, 1, 1)
+    return _Step(rows, first, last, gather, ~mask, j * bs)
 
 
 def _scores_and_values(step: _Step, q_rows, k_flat, v_flat, dtype):
-    """Masked scores (R, BH, bs, C * bs) in `dtype` and the gathered values (R, BH, C*bs, D)."""
-    rows, batch_heads, bs, dim = q_rows.shape
-    keys = k_flat.index_select(0, step.gather).view(rows, batch_heads, -1, dim)
-    values = v_flat.index_select(0, step.gather).view(rows, batch_heads, -1, dim)
-    scores = (q_rows @ keys.transpose(-2, -1)).to(dtype)  # (R, BH, bs, C * bs)
+    """Masked scores (BH, R, bs, C * bs) in `dtype` and the gathered values (BH, R, C*bs, D)."""
+    batch_heads, rows, bs, dim = q_rows.shape
+    keys = k_flat.index_select(0, step.gather).view(batch_heads, rows, -1, dim)
+    values = v_flat.index_select(0, step.gather).view(batch_heads, rows, -1, dim)
+    scores = (q_rows @ keys.transpose(-2, -1)).to(dtype)  # (BH, R, bs, C * bs)
     if step.masked_out is not None:
-        scores = scores.masked_fill_(step.masked_out, float("-inf"))  # matmul keeps no output
+        # In place on the slots that need it (a view): the full slots are left untouched.
+        scores[..., step.masked_from :].masked_fill_(step.masked_out, float("-inf"))
     return scores, values.to(dtype)
 
 
@@ -212,17 +216,17 @@ def _chunk_forward(steps: list[_Step], q_rows, k_flat, v_flat, acc_dtype):
     acc = total = row_max = None
     for step in steps:
         scores, values = _scores_and_values(step, q_rows, k_flat, v_flat, acc_dtype)
-        step_max = scores.detach().amax(-1, keepdim=True)  # (R, BH, bs, 1)
+        step_max = scores.detach().amax(-1, keepdim=True)  # (BH, R, bs, 1)
         new_max = step_max if row_max is None else torch.maximum(row_max, step_max)
         # Shift by the new max; a row with nothing allowed yet (max -inf) by a finite number.
         shift = new_max.clamp(min=torch.finfo(acc_dtype).min)
-        p = scores.sub_(shift).exp_()  # (R, BH, bs, C * bs); masked pairs: exp(-inf) = 0
+        p = scores.sub_(shift).exp_()  # (BH, R, bs, C * bs); masked pairs: exp(-inf) = 0
         if acc is None:  # first step: nothing to rescale yet
             total, acc = p.sum(-1, keepdim=True), p @ values
         else:
             alpha = torch.exp(row_max - shift)  # moves old terms to the new reference
             total = alpha * total + p.sum(-1, keepdim=True)
-            acc = alpha * acc + p @ values  # (R, BH, bs, D)
+            acc = alpha * acc + p @ values  # (BH, R, bs, D)
         row_max = new_max
     # out = acc / l; an empty row has acc = 0 and l = 0: divide by 1 to keep it 0.
     out = acc / torch.where(total > 0, total, torch.ones_like(total))
@@ -237,8 +241,8 @@ def _chunk_probs(steps: list[_Step], q_rows, k_flat, lse, acc_dtype):
     parts = []
     for step in steps:
         scores, _ = _scores_and_values(step, q_rows, k_flat, k_flat, acc_dtype)
-        p = torch.exp(scores - lse)  # (R, BH, bs, C * bs)
-        parts.append(p.unflatten(-1, (-1, bs)).permute(1, 0, 3, 2, 4))  # (BH, R, C, bs, bs)
+        p = torch.exp(scores - lse)  # (BH, R, bs, C * bs)
+        parts.append(p.unflatten(-1, (-1, bs)).transpose(2, 3))  # (BH, R, C, bs, bs)
     return torch.cat(parts, dim=2)
 
 
@@ -291,30 +295,29 @@ def attention(
 
     nb, bs = layout.num_blocks, block_size
     batch_heads = q.shape[0] * q.shape[1]
-    q_blocks = _blocks(q * scale, nb, bs)  # (nb, BH, bs, D), scale folded into q once
-    k_flat = _blocks(k, nb, bs).flatten(0, 1)  # (nb * BH, bs, D): tile c*BH + bh per row
-    v_flat = _blocks(v, nb, bs).flatten(0, 1)
-    outs, lses, probs, order = [], [], [], []
+    q_tiles = _tiles(q, nb, bs)  # (BH, nb, bs, D)
+    k_flat = _tiles(k, nb, bs).flatten(0, 1)  # (BH * nb, bs, D): tile bh * nb + c per row
+    v_flat = _tiles(v, nb, bs).flatten(0, 1)
+    # Every query block belongs to exactly one chunk: each chunk fills its rows in place.
+    out = q.new_empty((batch_heads, nb, bs, dim), dtype=acc_dtype)
+    if return_weights:
+        lse_all = q.new_empty((batch_heads, nb, bs), dtype=acc_dtype)
+        width = layout.row_index.shape[-1]
+        probs = q.new_zeros((batch_heads, nb, width, bs, bs), dtype=acc_dtype)
     for steps in _plan(layout, batch_heads):
         rows = steps[0].rows
-        q_rows = q_blocks.index_select(0, rows)  # (R, BH, bs, D)
-        out, lse = _chunk_forward(steps, q_rows, k_flat, v_flat, acc_dtype)
-        outs.append(out)
-        lses.append(lse)
-        order.append(rows)
+        q_rows = q_tiles.index_select(1, rows) * scale  # (BH, R, bs, D), scale folded in
+        chunk_out, lse = _chunk_forward(steps, q_rows, k_flat, v_flat, acc_dtype)
+        out.index_copy_(1, rows, chunk_out)
         if return_weights:
-            shape = (batch_heads, len(rows), layout.row_index.shape[-1], bs, bs)
-            p = q_rows.new_zeros(shape, dtype=acc_dtype)
-            p[:, :, : steps[-1].last] = _chunk_probs(steps, q_rows, k_flat, lse, acc_dtype)
-            probs.append(p)
+            lse_all.index_copy_(1, rows, lse)
+            p = _chunk_probs(steps, q_rows, k_flat, lse, acc_dtype)  # (BH, R, C', bs, bs)
+            probs[:, rows, : steps[-1].last] = p
 
-    # Groups come in order of row length: put the query blocks back in sequence order.
-    inverse = torch.cat(order).argsort()
-    out = torch.cat(outs).index_select(0, inverse)  # (nb, BH, bs, D)
-    out = _unblocks(out, batch, heads, n).to(q.dtype)  # (B, H, N, D)
+    # (BH, nb, bs, D) -> (B, H, N, D): a view, the padding of a short last block dropped.
+    out = out.view(batch, heads, nb * bs, dim)[:, :, :n].to(q.dtype)
     if not return_weights:
         return out
-    lse = _unblocks(torch.cat(lses).index_select(0, inverse), batch, heads, n)  # (B, H, N)
-    probs = torch.cat(probs, dim=1).index_select(1, inverse)  # (BH, nb, max_row, bs, bs)
+    lse = lse_all.view(batch, heads, nb * bs)[:, :, :n]  # (B, H, N)
     probs = probs.view(q.shape[0], q.shape[1], *probs.shape[1:])
     return out, BlockWeights(probs, lse, layout)

@@ -56,3 +56,13 @@ def test_slope_of_power_laws():
     ns = [1000, 2000, 4000]
     assert math.isclose(bench.slope(ns, [n**2 for n in ns]), 2.0)
     assert math.isclose(bench.slope(ns, [3 * n for n in ns]), 1.0)
+
+
+def test_markdown_has_no_slope_line_without_the_blocked_stage(tmp_path):
+    argv = ["--seq-lens", "32", "64", "--heads", "1", "--head-dim", "4", "--window", "4",
+            "--methods", "sdpa_dense", "--min-run-time", "0.01", "--in-process",
+            "--out", str(tmp_path)]  # fmt: skip
+    report = bench.main(argv)
+    text = (tmp_path / "bench_cpu.md").read_text()
+    assert "log-log slope" not in text and "| 64 | sdpa_dense |" in text
+    assert len(report["load_average"]["before"]) == 3  # the load the run was measured under
