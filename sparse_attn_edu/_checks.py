@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from .patterns import Pattern, as_pattern
+
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
     """Return (B, H, N, D) after checking q, k, v are (batch, heads, seq_len, head_dim)."""
@@ -49,6 +51,19 @@ def check_mask(mask: torch.Tensor, batch: int, heads: int, seq_len: int) -> torc
             f"got {tuple(mask.shape)}"
         )
     return mask4
+
+
+def check_pattern(pattern: Pattern | torch.Tensor, heads: int, seq_len: int) -> Pattern:
+    """A Pattern (a bool tensor is wrapped) that fits q: same seq_len, shared or `heads` heads."""
+    pattern = as_pattern(pattern)
+    if pattern.seq_len != seq_len:
+        raise ValueError(f"expected a pattern with seq_len {seq_len}, got {pattern.seq_len}")
+    if pattern.num_heads not in (None, 1, heads):
+        raise ValueError(
+            f"expected a pattern shared by all heads or with {heads} heads, "
+            f"got one with {pattern.num_heads}"
+        )
+    return pattern
 
 
 def available_bytes(device: torch.device) -> int:

@@ -58,9 +58,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_mask, check_qkv, default_scale
+from ._checks import check_mask, check_pattern, check_qkv, default_scale
 from .layout import BlockSparseLayout, build_layout
-from .patterns import Pattern, as_pattern
+from .patterns import Pattern
 
 # Score elements (B * H * rows * bs * keys) one step may hold: the working set of a step
 # (scores, gathered keys and values) stays a few MiB, in cache, while each matmul is large.
@@ -255,17 +255,8 @@ def _resolve_layout(pattern, batch: int, heads: int, n: int, block_size: int, de
             # A mask per batch element: treat (b, h) pairs as B * H heads of one batch.
             pattern = mask.expand(batch, heads, n, n).reshape(batch * heads, n, n)
             fold = True
-    pattern = as_pattern(pattern)
-    if pattern.seq_len != n:
-        raise ValueError(f"expected a pattern with seq_len {n}, got {pattern.seq_len}")
-    layout = build_layout(pattern, block_size, device)
-    expected = batch * heads if fold else heads
-    if layout.num_layout_heads not in (1, expected):
-        raise ValueError(
-            f"expected a pattern shared by all heads or with {expected} heads, "
-            f"got one with {layout.num_layout_heads}"
-        )
-    return layout, fold
+    pattern = check_pattern(pattern, batch * heads if fold else heads, n)
+    return build_layout(pattern, block_size, device), fold
 
 
 def attention(
@@ -285,8 +276,6 @@ def attention(
     :class:`BlockWeights` (compressed probabilities and log-sum-exp; ``.to_dense()``).
     """
     batch, heads, n, dim = check_qkv(q, k, v)
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"expected block_size to be a positive int, got {block_size!r}")
     layout, fold = _resolve_layout(pattern, batch, heads, n, block_size, q.device)
     if fold:  # (B, H, N, D) -> (1, B * H, N, D)
         q, k, v = (t.reshape(1, batch * heads, n, dim) for t in (q, k, v))

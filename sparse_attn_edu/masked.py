@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_mask, check_qkv, default_scale, ensure_scores_fit
+from ._checks import check_mask, check_pattern, check_qkv, default_scale, ensure_scores_fit
 from .patterns import Pattern
 
 SCORE_COPIES = 4  # scores, exp(scores), weights, and autograd's saved copy
@@ -52,9 +52,7 @@ def attention(
     # Check before a Pattern is materialized: its n x n mask is the first big allocation.
     ensure_scores_fit(batch, heads, seq_len, q.dtype, q.device, SCORE_COPIES)
     if isinstance(mask, Pattern):
-        if mask.seq_len != seq_len:
-            raise ValueError(f"expected a pattern with seq_len {seq_len}, got {mask.seq_len}")
-        mask = mask.mask
+        mask = check_pattern(mask, heads, seq_len).mask
     mask = check_mask(mask, batch, heads, seq_len).to(q.device)  # (B|1, H|1, N, N)
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N): every pair, allowed or not

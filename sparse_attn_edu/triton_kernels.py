@@ -86,7 +86,7 @@ if INTERPRETED:
     _original_patch = _interpreter._patch_lang_tensor
     _interpreter._patch_lang_tensor = _patch_lang_tensor
 
-from ._checks import check_qkv, default_scale  # noqa: E402
+from ._checks import check_pattern, check_qkv, default_scale  # noqa: E402
 from .layout import BlockSparseLayout, build_layout  # noqa: E402
 from .patterns import Pattern, as_pattern  # noqa: E402
 
@@ -666,13 +666,7 @@ def attention(
     is the layout tile. Returns the output shaped like q; fully masked rows give zeros.
     """
     batch, heads, seq_len, head_dim = check_qkv(q, k, v)
-    pattern = as_pattern(pattern)
-    if pattern.seq_len != seq_len:
-        raise ValueError(f"expected a pattern with seq_len {seq_len}, got {pattern.seq_len}")
-    if pattern.num_heads is not None and pattern.num_heads != heads:
-        raise ValueError(
-            f"expected a per-head pattern with {heads} heads (q's heads), got {pattern.num_heads}"
-        )
+    pattern = check_pattern(pattern, heads, seq_len)
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"expected q, k, v in float16, bfloat16 or float32, got {q.dtype}")
     if head_dim > MAX_HEAD_DIM:
