@@ -32,6 +32,7 @@ Kinds: 0 = empty (skip), 1 = partial (needs the element mask), 2 = full (no mask
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -63,7 +64,7 @@ def _block_bounds(seq_len: int, block_size: int, device=None) -> tuple[torch.Ten
     return starts, ends
 
 
-class Pattern:
+class Pattern(ABC):
     """Which (query i, key j) pairs attend: a description, materialized only on demand."""
 
     def __init__(self, seq_len: int, num_heads: int | None = None):
@@ -86,8 +87,9 @@ class Pattern:
         q_idx, kv_idx = torch.as_tensor(q_idx), torch.as_tensor(kv_idx)
         return self._allows(q_idx, kv_idx, torch.as_tensor(head))
 
+    @abstractmethod
     def _allows(self, q_idx: torch.Tensor, kv_idx: torch.Tensor, head: torch.Tensor):
-        raise NotImplementedError  # every concrete pattern below defines it
+        """The element predicate on tensors (what allows() and to_mask_mod() wrap)."""
 
     def to_mask_mod(self) -> Callable:
         """FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` wrapping the same predicate."""
@@ -157,8 +159,9 @@ class Pattern:
     def num_blocks(self, block_size: int) -> int:
         return math.ceil(self.seq_len / block_size)
 
+    @abstractmethod
     def _block_kinds(self, block_size: int, device: torch.device) -> torch.Tensor:
-        raise NotImplementedError  # every concrete pattern below defines it
+        """Tile kinds from the pattern's parameters (never an n x n tensor)."""
 
     def _kinds_with_heads(self, block_size: int) -> torch.Tensor:
         kinds = self.block_kinds(block_size)
