@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .patterns import FULL, PARTIAL, Pattern, as_pattern
+from .patterns import EMPTY, FULL, PARTIAL, Pattern, as_pattern
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class BlockSparseLayout:
     col_index: torch.Tensor  # int32 (H', nb, max_col)
     col_tile: torch.Tensor  # int32 (H', nb, max_col)
     tile_masks: torch.Tensor  # bool (T, bs, bs), element masks of partial tiles
+    # The four counts above (row, row-full, column, column-full) as int32 (4, H', nb) on the
+    # host, where kernels plan their launches without waiting for the device again.
+    host_counts: torch.Tensor
     # Work plans a kernel derives from this layout (index lists, masks), kept with it.
     plans: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -56,34 +59,34 @@ class BlockSparseLayout:
         return int(self.row_count.sum())
 
 
-def _compress(kinds: torch.Tensor, tile_id: torch.Tensor):
-    """Per row of `kinds` (H, nb, nb): counts and padded index lists, full tiles first."""
-    active = kinds != 0
-    full = kinds == FULL
-    count = active.sum(-1)  # (H, nb)
-    width = max(int(count.max()), 1)
-    # Sort key: full tiles first, then partial, then empty; ties keep column order.
-    nb = kinds.shape[-1]
-    columns = torch.arange(nb, device=kinds.device)
-    rank = torch.where(full, 0, torch.where(active, 1, 2)) * nb + columns
-    order = rank.argsort(dim=-1)[..., :width]  # (H, nb, width)
-    listed = torch.arange(width, device=kinds.device) < count.unsqueeze(-1)
-    index = torch.where(listed, order, 0)
-    tile = torch.gather(tile_id, -1, index)
-    # Padding entries point at block 0 but are not tiles: give them -1 like full tiles.
-    tile = torch.where(listed & (torch.gather(kinds, -1, index) == PARTIAL), tile, -1)
-    return (
-        count.to(torch.int32),
-        full.sum(-1).to(torch.int32),
-        index.to(torch.int32).contiguous(),
-        tile.to(torch.int32).contiguous(),
-    )
+def _lists(kinds: torch.Tensor, tile_id: torch.Tensor, full_count: torch.Tensor, width: int):
+    """Per row of `kinds` (H, nb, nb): the listed blocks and tile ids, full tiles first.
+
+    No sort: an entry's place in its list is a running count along the row -- the number
+    of full tiles before it (a full tile), or all full tiles plus the partial ones before
+    it (a partial tile). One scatter then writes every entry to its place; empty tiles go
+    to a spare last column that is cut off.
+    """
+    heads, nb, _ = kinds.shape
+    full, partial = kinds == FULL, kinds == PARTIAL
+    place = torch.where(full, full.cumsum(-1), partial.cumsum(-1) + full_count.unsqueeze(-1))
+    place = torch.where(full | partial, place - 1, width)  # (H, nb, nb) list position
+    columns = torch.arange(nb, dtype=torch.int32, device=kinds.device).expand_as(place)
+    index = torch.zeros(heads, nb, width + 1, dtype=torch.int32, device=kinds.device)
+    tile = torch.full_like(index, -1)
+    index.scatter_(-1, place, columns)
+    tile.scatter_(-1, place, torch.where(partial, tile_id, -1))
+    return index[..., :width].contiguous(), tile[..., :width].contiguous()
 
 
 def build_layout(
     pattern: Pattern | torch.Tensor, block_size: int, device: torch.device | str | None = None
 ) -> BlockSparseLayout:
-    """The compressed layout of `pattern` at `block_size`, on `device`; cached on the pattern."""
+    """The compressed layout of `pattern` at `block_size`, on `device`; cached on the pattern.
+
+    Built with a few dozen whole-tensor operations and one device-to-host copy (the list
+    widths), so that on a GPU it costs a small fraction of one attention call.
+    """
     pattern = as_pattern(pattern)
     device = torch.device(device if device is not None else "cpu")
     cache = pattern.__dict__.setdefault("_layout_cache", {})
@@ -93,20 +96,34 @@ def build_layout(
 
     kinds = pattern.block_kinds(block_size, device)
     kinds = kinds if kinds.dim() == 3 else kinds.unsqueeze(0)  # (H', nb, nb)
-    partial = (kinds == PARTIAL).nonzero()  # (T, 3): head, query block, key block
-    tile_id = torch.full(kinds.shape, -1, dtype=torch.long, device=device)
-    tile_id[partial[:, 0], partial[:, 1], partial[:, 2]] = torch.arange(len(partial), device=device)
+    active, full, partial = kinds != EMPTY, kinds == FULL, kinds == PARTIAL
+    # Partial tiles numbered in row-major order: tile_id[h, r, c] indexes tile_masks.
+    tile_id = (partial.flatten().cumsum(0) - 1).view(kinds.shape).to(torch.int32)
+    counts = torch.stack([active.sum(-1), full.sum(-1), active.sum(-2), full.sum(-2)])
+    counts = counts.to(torch.int32)  # (4, H', nb): row, row-full, column, column-full counts
+    # The one wait for the device: the counts (hence list widths) and the partial tiles.
+    host = torch.cat([counts.flatten(), partial.sum(dtype=torch.int32).view(1)]).cpu()
+    host_counts, num_partial = host[:-1].view(counts.shape), int(host[-1])
+    max_row, max_col = max(int(host_counts[0].max()), 1), max(int(host_counts[2].max()), 1)
 
-    row = _compress(kinds, tile_id)
-    col = _compress(kinds.transpose(1, 2), tile_id.transpose(1, 2))
+    row_index, row_tile = _lists(kinds, tile_id, counts[1], max_row)
+    col_index, col_tile = _lists(kinds.transpose(1, 2), tile_id.transpose(1, 2), counts[3], max_col)
+    tiles = torch.nonzero_static(partial, size=num_partial)  # (T, 3): head, query, key block
     layout = BlockSparseLayout(
         pattern.seq_len,
         block_size,
         kinds.shape[-1],
         kinds,
-        *row,
-        *col,
-        tile_masks=pattern.tile_masks(partial, block_size),
+        counts[0],
+        counts[1],
+        row_index,
+        row_tile,
+        counts[2],
+        counts[3],
+        col_index,
+        col_tile,
+        tile_masks=pattern.tile_masks(tiles, block_size),
+        host_counts=host_counts,
     )
     cache[key] = layout
     return layout

@@ -52,6 +52,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 INTERPRETED = not torch.cuda.is_available()
@@ -453,54 +454,58 @@ class WorkList:
     num_slots: int  # scratch slots per (batch, head) for the pieces' partial results
 
 
-def work_list(count: torch.Tensor, max_tiles: int) -> WorkList:
-    """Cut each list (`count` (H', nb) entries) into pieces of at most `max_tiles` entries.
+def work_list(count: torch.Tensor, max_tiles: int, device: torch.device) -> WorkList:
+    """Cut each list (`count` (H', nb) entries, on the host) into pieces of at most
+    `max_tiles` entries.
 
     A block with one piece has slot -1 (its program writes the result); the pieces of a
     longer block get consecutive scratch slots and one `merges` entry. Items are sorted
     longest first (Graham's LPT rule), so long pieces do not start last and run alone.
-    Built on the CPU: a few thousand integers, where on a GPU each small step would be a
-    kernel launch and several would wait for the device. The result goes to count's device.
+    Built with NumPy on the host: a few thousand integers, where on a GPU each small step
+    would be a kernel launch. Both tables go to `device` in one copy.
     """
     heads, nb = count.shape
-    target, device = count.device, torch.device("cpu")
-    count = count.cpu().long().flatten()  # (H' * nb,)
-    pieces = ((count + max_tiles - 1) // max_tiles).clamp_min(1)  # an empty row writes zeros
-    owner = torch.repeat_interleave(torch.arange(heads * nb, device=device), pieces)  # (I_all,)
-    first_item = pieces.cumsum(0) - pieces
-    start = (torch.arange(len(owner), device=device) - first_item[owner]) * max_tiles
-    stop = torch.minimum(start + max_tiles, count[owner])
+    count = count.numpy().astype(np.int64).ravel()  # (H' * nb,)
+    pieces = np.maximum((count + max_tiles - 1) // max_tiles, 1)  # an empty row writes zeros
+    owner = np.repeat(np.arange(heads * nb), pieces)  # (I_all,) the list each item cuts
+    first_item = np.cumsum(pieces) - pieces
+    start = (np.arange(len(owner)) - first_item[owner]) * max_tiles
+    stop = np.minimum(start + max_tiles, count[owner])
     head, block = owner // nb, owner % nb
 
     # Scratch slots: split items numbered consecutively within each head.
-    split = (pieces[owner] > 1).long()
-    per_head_split = torch.zeros(heads, dtype=torch.long, device=device).index_add_(0, head, split)
-    slot_all = split.cumsum(0) - split
-    slot = torch.where(split > 0, slot_all - (per_head_split.cumsum(0) - per_head_split)[head], -1)
+    split = (pieces[owner] > 1).astype(np.int64)
+    per_head_split = np.bincount(head, weights=split, minlength=heads).astype(np.int64)
+    slot_all = np.cumsum(split) - split
+    slot = np.where(split > 0, slot_all - (np.cumsum(per_head_split) - per_head_split)[head], -1)
 
-    def per_head_table(rows: torch.Tensor, row_head: torch.Tensor, pad: torch.Tensor):
+    def per_head_table(rows: np.ndarray, row_head: np.ndarray, pad: np.ndarray) -> np.ndarray:
         """`rows` (grouped by head) as (H', width, C); a shorter head repeats its `pad` row."""
-        sizes = torch.bincount(row_head, minlength=heads)
+        sizes = np.bincount(row_head, minlength=heads)
         if len(rows) == 0:
-            return torch.zeros(heads, 0, rows.shape[1], dtype=torch.int32, device=device)
-        position = torch.arange(int(sizes.max()), device=device)
-        index = (sizes.cumsum(0) - sizes).view(-1, 1) + position  # (H', width)
-        table = rows[index.clamp(max=len(rows) - 1)]
-        table = torch.where((position < sizes.view(-1, 1)).unsqueeze(-1), table, pad.unsqueeze(1))
-        return table.to(torch.int32).contiguous()
+            return np.zeros((heads, 0, rows.shape[1]), dtype=np.int64)
+        position = np.arange(sizes.max())
+        index = (np.cumsum(sizes) - sizes)[:, None] + position  # (H', width)
+        table = rows[np.minimum(index, len(rows) - 1)]
+        return np.where((position < sizes[:, None])[..., None], table, pad[:, None])
 
     # Longest first within each head. A head with fewer items repeats its last (shortest)
     # one: that program recomputes and rewrites the same values, which is harmless.
-    order = (head * (max_tiles + 1) + (max_tiles - (stop - start))).argsort(stable=True)
-    items = torch.stack([block, start, stop, slot], 1)[order]
-    last = items[torch.bincount(head, minlength=heads).cumsum(0) - 1]  # (H', 4)
+    order = np.argsort(head * (max_tiles + 1) + (max_tiles - (stop - start)), kind="stable")
+    items = np.stack([block, start, stop, slot], 1)[order]
+    last = items[np.cumsum(np.bincount(head, minlength=heads)) - 1]  # (H', 4)
     items = per_head_table(items, head[order], last)
 
-    cut = (pieces > 1).nonzero().flatten()  # flat (head, block) ids of blocks cut in pieces
-    merges = torch.stack([cut % nb, slot[first_item[cut]], pieces[cut]], 1)
-    no_op = torch.tensor([-1, 0, 0], device=device).expand(heads, 3)  # block -1 stores nothing
+    cut = np.flatnonzero(pieces > 1)  # flat (head, block) ids of blocks cut in pieces
+    merges = np.stack([cut % nb, slot[first_item[cut]], pieces[cut]], 1)
+    no_op = np.broadcast_to(np.array([-1, 0, 0]), (heads, 3))  # block -1 stores nothing
     merges = per_head_table(merges, cut // nb, no_op)
-    return WorkList(items.to(target), merges.to(target), max(int(per_head_split.max()), 1))
+
+    both = np.concatenate([items.ravel(), merges.ravel()]).astype(np.int32)
+    both = torch.from_numpy(both).to(device)  # one copy to the device
+    items_t = both[: items.size].view(items.shape)
+    merges_t = both[items.size :].view(merges.shape)
+    return WorkList(items_t, merges_t, max(int(per_head_split.max()), 1))
 
 
 @dataclass(frozen=True)
@@ -528,8 +533,8 @@ def kernel_layout(
         masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
         if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
             masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)
-        rows = work_list(layout.row_count, max_tiles)
-        cols = work_list(layout.col_count, max_tiles)
+        rows = work_list(layout.host_counts[0], max_tiles, layout.kinds.device)
+        cols = work_list(layout.host_counts[2], max_tiles, layout.kinds.device)
         cache[key] = KernelLayout(layout, rows, cols, masks)
     return cache[key]
 
