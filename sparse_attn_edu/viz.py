@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
-from matplotlib.collections import LineCollection, PatchCollection, PolyCollection
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.colors import BoundaryNorm, ListedColormap, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.legend import Legend
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from .patterns import EMPTY, FULL, PARTIAL, Pattern, as_pattern
 
@@ -151,33 +151,58 @@ def _tile_colors(kinds: torch.Tensor) -> np.ndarray:
     return rgba[kinds.long()].numpy()
 
 
-def _partial_tiles(kinds: torch.Tensor, edges: list[float]) -> list[Rectangle]:
+def _tile_rectangles(edges: list[float], which: torch.Tensor) -> list:
+    """Corners (4, 2) of the tiles where `which` (nb, nb) is True, in row-major tile order."""
     return [
-        Rectangle((edges[kb], edges[qb]), edges[kb + 1] - edges[kb], edges[qb + 1] - edges[qb])
-        for qb, kb in (kinds == PARTIAL).nonzero().tolist()
+        [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        for qb, kb in which.nonzero().tolist()
+        for x0, x1, y0, y1 in [(edges[kb], edges[kb + 1], edges[qb], edges[qb + 1])]
     ]
 
 
-def _draw_tiles(ax: Axes, kinds: torch.Tensor, edges: list[float]) -> list[Artist]:
-    """Overlay (nb, nb) tile kinds on a token image: tint, hatching on partial, grid lines."""
-    tint = ax.pcolormesh(edges, edges, _tile_colors(kinds), shading="flat", zorder=2)
-    hatches = ax.add_collection(
-        PatchCollection(
-            _partial_tiles(kinds, edges),
-            facecolor="none",
-            edgecolor=KIND_COLORS[PARTIAL],
-            hatch="//",
-            lw=0,
-            zorder=3,
-        ),
-        autolim=False,
-    )
+def _grid_lines(edges: list[float]) -> list:
     lines = [[(e, edges[0]), (e, edges[-1])] for e in edges]
-    lines += [[(edges[0], e), (edges[-1], e)] for e in edges]
-    grid = ax.add_collection(
-        LineCollection(lines, colors="#9a9a9a", linewidths=0.6, zorder=4), autolim=False
-    )
-    return [tint, hatches, grid]
+    return lines + [[(edges[0], e), (edges[-1], e)] for e in edges]
+
+
+class _TileOverlay:
+    """The tiles over a token image: a tint per tile, hatching on partial ones, grid lines.
+
+    Three collections, made once and given new tiles by ``update`` (also another grid), so
+    an interactive view keeps redrawing the same artists.
+    """
+
+    def __init__(self, ax: Axes):
+        self.tint = ax.add_collection(
+            PolyCollection([], lw=0, antialiased=False, zorder=2), autolim=False
+        )
+        self.hatches = ax.add_collection(
+            PolyCollection(
+                [], facecolor="none", edgecolor=KIND_COLORS[PARTIAL], hatch="//", lw=0, zorder=3
+            ),
+            autolim=False,
+        )
+        self.grid = ax.add_collection(
+            LineCollection([], colors="#9a9a9a", linewidths=0.6, zorder=4), autolim=False
+        )
+        self.edges: list[float] | None = None
+
+    @property
+    def artists(self) -> list[Artist]:
+        return [self.tint, self.hatches, self.grid]
+
+    def update(self, kinds: torch.Tensor, edges: list[float]) -> None:
+        """Show (nb, nb) tile kinds on a grid of pixel `edges` (nb + 1 of them)."""
+        if edges != self.edges:  # another grid: every tile moves
+            self.tint.set_verts(_tile_rectangles(edges, torch.ones_like(kinds, dtype=torch.bool)))
+            self.grid.set_segments(_grid_lines(edges))
+            self.edges = edges
+        self.tint.set_facecolor(_tile_colors(kinds).reshape(-1, 4))  # row-major, as the verts
+        self.hatches.set_verts(_tile_rectangles(edges, kinds == PARTIAL))
+
+    def remove(self) -> None:
+        for artist in self.artists:
+            artist.remove()
 
 
 def _mask_legend(ax: Axes, tiles: bool) -> Legend:
@@ -231,8 +256,7 @@ class MaskPlot:
     def __init__(self, ax: Axes):
         self.ax = ax
         self.image: AxesImage | None = None
-        self._tiles: list[Artist] = []  # tint, hatching, grid lines
-        self._edges: list[float] | None = None  # the tile grid they show
+        self._tiles: _TileOverlay | None = None
         self._legend_tiles: bool | None = None  # whether the legend names the tile kinds
         _token_labels(ax)
 
@@ -256,12 +280,12 @@ class MaskPlot:
         density = float(mask.sum()) / (n * n)
         stats = f"density {density:.1%}: exact sparse FLOPs are {density:.1%} of dense"
         if block_size is None:
-            self._show_tiles(None, None)
+            tiles = self._show_tiles(None, None)
         else:
             kinds = _head_kinds(p, block_size, head)[0]  # (nb, nb)
             # pixel edges of the tiles; the last block may be short
             edges = [-0.5 + min(b * block_size, n) for b in range(kinds.shape[-1] + 1)]
-            self._show_tiles(kinds, edges)
+            tiles = self._show_tiles(kinds, edges)
             s = pattern_stats(p, block_size, head=head)
             stats = (
                 f"density {density:.1%}; block {block_size}: {s['active_blocks']}/"
@@ -275,27 +299,34 @@ class MaskPlot:
         ax.set_title(f"{title or 'attention mask'}{head_note}\n{stats}", fontsize="medium")
         ax.set_xlim(-0.5, n - 0.5)
         ax.set_ylim(n - 0.5, -0.5)  # query 0 on top, as imshow draws it
-        return [self.image, *self._tiles, ax.title]
+        return [self.image, *tiles, ax.title]
 
-    def _show_tiles(self, kinds: torch.Tensor | None, edges: list[float] | None) -> None:
-        """The tile overlay: recoloured in place on the same grid, made anew for another."""
-        if edges is not None and edges == self._edges:
-            tint, hatches, _ = self._tiles
-            tint.set_array(_tile_colors(kinds))
-            hatches.set_paths(_partial_tiles(kinds, edges))
-        else:
-            for artist in self._tiles:
-                artist.remove()
-            self._tiles = [] if edges is None else _draw_tiles(self.ax, kinds, edges)
-        self._edges = edges
+    def _show_tiles(self, kinds: torch.Tensor | None, edges: list[float] | None) -> list[Artist]:
+        """The tile overlay (made on first use, removed without tiles); returns its artists."""
+        if edges is None:
+            if self._tiles is not None:
+                self._tiles.remove()
+                self._tiles = None
+            return []
+        if self._tiles is None:
+            self._tiles = _TileOverlay(self.ax)
+        self._tiles.update(kinds, edges)
+        return self._tiles.artists
 
 
 class BlockKindsPlot:
-    """A live ``plot_block_kinds``: ``update`` draws another tile map into the same axes."""
+    """A live ``plot_block_kinds``: ``update`` draws another tile map into the same axes.
 
-    def __init__(self, ax: Axes):
+    With ``in_tokens`` the axes count tokens, not blocks: each tile covers its tokens, so
+    the axes depend on the sequence length only and another block size only recolours.
+    """
+
+    def __init__(self, ax: Axes, in_tokens: bool = False):
         self.ax = ax
+        self.in_tokens = in_tokens
         self.image: AxesImage | None = None
+        if in_tokens:
+            _token_labels(ax)
 
     def update(
         self,
@@ -322,17 +353,25 @@ class BlockKindsPlot:
             fig = ax.get_figure(root=True)
             colorbar = fig.colorbar(self.image, ax=ax, ticks=[EMPTY, PARTIAL, FULL])
             colorbar.ax.set_yticklabels(KIND_NAMES)
-        ax.set_xlabel(f"key block ({block_size} tokens)")
-        ax.set_ylabel(f"query block ({block_size} tokens)")
+        nb = kinds.shape[-1]
+        if self.in_tokens:
+            # Pixel b spans tokens b * block_size .. (b + 1) * block_size - 1; the axes end
+            # at the last token, cutting a short last block to its real size.
+            end = nb * block_size - 0.5
+            self.image.set_extent((-0.5, end, end, -0.5))
+            limit = p.seq_len - 0.5
+        else:
+            ax.set_xlabel(f"key block ({block_size} tokens)")
+            ax.set_ylabel(f"query block ({block_size} tokens)")
+            limit = nb - 0.5
         counts = ", ".join(
             f"{int((kinds == k).sum())} {KIND_NAMES[k]}" for k in (FULL, PARTIAL, EMPTY)
         )
         head_note = f" (head {head})" if p.num_heads is not None else ""
         heading = title or f"block kinds, block {block_size}"
         ax.set_title(f"{heading}{head_note}\n{counts} of {kinds.numel()} tiles", fontsize="medium")
-        nb = kinds.shape[-1]
-        ax.set_xlim(-0.5, nb - 0.5)
-        ax.set_ylim(nb - 0.5, -0.5)
+        ax.set_xlim(-0.5, limit)
+        ax.set_ylim(limit, -0.5)
         return [self.image, ax.title]
 
 

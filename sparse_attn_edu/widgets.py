@@ -25,7 +25,10 @@ Responsiveness at n = 4096: sliders update on release, only the views a control 
 are redrawn, patterns and propagation results are cached, an uncached reachability is
 computed on a worker thread (the other views never wait for it), and the token mask is
 drawn for at most ``MAX_IMAGE_TOKENS`` tokens (a labelled zoom; the block kinds map shows
-them all). Most of the rest is matplotlib drawing the changed artists and PNG encoding.
+them all). Most of the rest is matplotlib drawing the changed artists -- text above all --
+and PNG encoding. Tick labels are drawn again only for axes whose limits changed: the block
+kinds map counts tokens on its axes, so a block size leaves them alone; a sequence length
+redraws the ticks of the axes that follow n, and keeps them for going back (``_View``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -64,6 +69,7 @@ HEADS = 4  # BigBird draws its random blocks per head
 HEAD_DIM = 64  # for the FLOP / memory counts and the random q, k
 QK_SEED = 0  # the random q, k of the weights view
 DPI = 80
+LAYER_2_KEPT = 4  # per view: ticks and labels for the last few axes limits (see _View)
 FIGSIZE = {"mask": (10.0, 5.0), "reach": (9.6, 3.0), "weights": (9.6, 2.4)}  # inches
 
 
@@ -87,12 +93,18 @@ class _LRU(OrderedDict):
 class _View:
     """One view's figure, kept for the explorer's life and redrawn by blitting.
 
-    Matplotlib draws text glyph by glyph, and most of a figure's text -- tick labels, axis
-    labels, legends, colour bars -- never changes while a slider moves. So everything but
-    the artists an update changes is drawn once, as a background; an update restores it
-    and draws only those artists on top (with the axes frames that a normal draw puts over
-    them). The background is drawn again when it no longer fits: another set of changing
-    artists, or other axes limits (hence tick labels), axis labels or legends.
+    Matplotlib draws text glyph by glyph, and most of a figure's text never changes while a
+    slider moves. So the figure is drawn in three layers, kept as pixels, and each is drawn
+    again only where what it shows changed:
+
+    1. the background: everything the layers below leave out -- colour bars, legends,
+       titles that stay; drawn again only for another set of changing artists or another
+       legend or axis label outside layer 2;
+    2. the ticks, tick labels and axis labels of each axes that holds changing artists,
+       per axes: when one axes' limits change (another sequence length), only its own are
+       erased (back to the background) and drawn again;
+    3. the artists an update changed, drawn over a copy of layer 2 every time (with the
+       frames that a normal draw puts over them).
     """
 
     def __init__(self, figsize: tuple[float, float], **margins):
@@ -100,20 +112,28 @@ class _View:
         # Fixed margins: a layout engine would cost as much as the drawing itself.
         self.figure.subplots_adjust(**margins)
         self.canvas = FigureCanvasAgg(self.figure)
-        self._background = None
-        self._drawn_with: list | None = None  # what the background was drawn for
-        self._animated: list[Artist] = []  # drawn over the background, in this order
+        self._background = None  # layer 1
+        self._with_axes = None  # layers 1 and 2
+        self._drawn_with: list | None = None  # what layer 1 was drawn for
+        self._animated: list[Artist] = []  # layer 3, in drawing order
+        self._axis_layer: dict[Axes, list[Axis]] = {}  # layer 2, per axes
+        self._axes_drawn: dict[Axes, tuple] = {}  # per axes of layer 2: (what, pixels' box)
+        self._layers_2 = _LRU(LAYER_2_KEPT)  # (layers 1 and 2, _axes_drawn) by what they show
 
-    def _state(self, changed: list[Artist]) -> list:
-        state = [set(changed)]
-        for ax in self.figure.axes:
-            state += [ax.get_xlabel(), ax.get_ylabel(), ax.get_legend()]
-            state += [ax.get_xlim() if ax.xaxis not in changed else None]
-            state += [ax.get_ylim() if ax.yaxis not in changed else None]
-        return state
+    def _layers(self, changed: list[Artist]) -> tuple[list, dict[Axes, list[Axis]]]:
+        """What layer 1 shows (to compare), and the Axis artists of layer 2 per axes."""
+        holders = [ax for ax in self.figure.axes if any(a.axes is ax for a in changed)]
+        axis_layer = {
+            ax: [axis for axis in (ax.xaxis, ax.yaxis) if axis not in changed] for ax in holders
+        }
+        state = [set(changed), [ax.get_legend() for ax in self.figure.axes]]
+        state += [
+            (ax.get_xlabel(), ax.get_ylabel()) for ax in self.figure.axes if ax not in holders
+        ]
+        return state, axis_layer
 
-    def _draw_background(self, changed: list[Artist]) -> None:
-        for artist in self._animated:
+    def _draw_background(self, changed: list[Artist], axis_layer: dict) -> None:
+        for artist in self._animated + [a for axes in self._axis_layer.values() for a in axes]:
             artist.set_animated(False)
         # What a normal draw puts over the changed data: frames, and legends inside the axes.
         renderer = self.canvas.get_renderer()
@@ -124,23 +144,86 @@ class _View:
             if legend is not None and legend.get_window_extent(renderer).overlaps(ax.bbox):
                 over.append(legend)
         self._animated = sorted(changed + over, key=lambda artist: artist.get_zorder())
-        for artist in self._animated:
+        self._axis_layer = axis_layer
+        for artist in self._animated + [a for axes in axis_layer.values() for a in axes]:
             artist.set_animated(True)  # left out of canvas.draw()
         self.canvas.draw()
         self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self._with_axes, self._axes_drawn = self._background, {}
+        self._layers_2 = _LRU(LAYER_2_KEPT)  # drawn over this background only
+
+    def _redraw_axes(self) -> None:
+        """Layer 2: draw again the ticks and labels of the axes whose limits or labels changed.
+
+        Their old pixels are first put back to the background, box by box; an axes whose
+        box meets an erased one loses pixels too, so it is redrawn as well. The last few
+        layers 2 are kept, by what they show: going back to a sequence length seen a moment
+        ago draws nothing.
+        """
+        state = {
+            ax: tuple((axis.get_label_text(), *axis.get_view_interval()) for axis in axes)
+            for ax, axes in self._axis_layer.items()
+        }
+        if all(state[ax] == self._axes_drawn.get(ax, (None,))[0] for ax in state):
+            return
+        key = tuple(state.values())
+        self._with_axes, self._axes_drawn = self._layers_2.get_or(
+            key, lambda: self._draw_axes(state)
+        )
+
+    def _draw_axes(self, state: dict[Axes, tuple]) -> tuple:
+        """Layer 2 drawn over the last one for the axes `state` (what each shows)."""
+        drawn = dict(self._axes_drawn)
+        stale = {ax for ax in state if state[ax] != drawn.get(ax, (None,))[0]}
+        boxes = {ax: box for ax, (_, box) in drawn.items() if box is not None}
+        grown = True
+        while grown:  # every axes whose box meets the box of one redrawn
+            more = {
+                ax
+                for ax in set(boxes) - stale
+                if any(_overlap(boxes[ax], boxes[s]) for s in stale & set(boxes))
+            }
+            stale |= more
+            grown = bool(more)
+        self.canvas.restore_region(self._with_axes)
+        for ax in stale & set(boxes):
+            # (x0, row0, x1, row1) as a saved region counts them: from its corner (0, 0)
+            self.canvas.restore_region(self._background, bbox=boxes[ax], xy=(0, 0))
+        renderer = self.canvas.get_renderer()
+        pixels = np.asarray(self.canvas.buffer_rgba()).view(np.uint32)[..., 0]  # (H, W) live
+        for ax in stale:
+            before = pixels.copy()
+            ax.apply_aspect()  # as a normal draw does first: equal aspect moves the axes
+            for axis in self._axis_layer[ax]:
+                axis.draw(renderer)
+            drawn[ax] = (state[ax], _changed_box(before, pixels))
+        return self.canvas.copy_from_bbox(self.figure.bbox), drawn
 
     def png(self, changed: list[Artist]) -> bytes:
         """The figure as PNG bytes, after an update that changed the artists `changed`."""
-        state = self._state(changed)
+        state, axis_layer = self._layers(changed)
         if state != self._drawn_with:
-            self._draw_background(changed)
+            self._draw_background(changed, axis_layer)
             self._drawn_with = state
-        else:
-            self.canvas.restore_region(self._background)
+        self._redraw_axes()
+        self.canvas.restore_region(self._with_axes)
         renderer = self.canvas.get_renderer()
         for artist in self._animated:
             artist.draw(renderer)
         return _png(self.canvas.buffer_rgba())
+
+
+def _changed_box(before: np.ndarray, after: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, row0, x1, row1), ends excluded, around the pixels that differ; None if none do."""
+    rows = np.flatnonzero((before != after).any(axis=1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero((before[rows[0] : rows[-1] + 1] != after[rows[0] : rows[-1] + 1]).any(0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _png(rgba: memoryview) -> bytes:
@@ -247,6 +330,13 @@ def mask_mod_source(settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _few_ticks(*axes: Axis) -> None:
+    """At most 6 round token positions (0, 100, ... 500; 0, 1000, ... 4000): they read well,
+    and their labels are all drawn again when n changes (see _View)."""
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10], integer=True))
+
+
 class _ReachPlot:
     """Left: who reaches query i after 0..L layers; right: pairs connected per layer."""
 
@@ -256,6 +346,7 @@ class _ReachPlot:
         self.query_line = self.left.axvline(0, color="tab:red", lw=0.8)
         self.left.set(xlabel="source position j", ylabel="layers")
         self.left.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _few_ticks(self.left.xaxis)
         (self.curve,) = self.right.plot([], [], marker="o", ms=3)
         self.right.set(title="pairs (i, j) connected", xlabel="layers", ylabel="fraction")
         self.right.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -378,10 +469,13 @@ class MaskExplorer:
         }
         self.figures: dict[str, Figure] = {name: view.figure for name, view in self._views.items()}
         left, right = self.figures["mask"].subplots(1, 2)
-        self._token_plot, self._kinds_plot = viz.MaskPlot(left), viz.BlockKindsPlot(right)
+        self._token_plot = viz.MaskPlot(left)
+        # In tokens: another block size keeps the axes, hence their ticks (see _View).
+        self._kinds_plot = viz.BlockKindsPlot(right, in_tokens=True)
         self._reach_plot = _ReachPlot(self.figures["reach"])
         weights_ax = self.figures["weights"].subplots()
         self._weights_plot = viz.QueryWeightsPlot(weights_ax)
+        _few_ticks(left.xaxis, left.yaxis, right.xaxis, right.yaxis, weights_ax.xaxis)
         # The y axis follows the largest weight, so it is redrawn on every update: a fixed
         # label position saves measuring every tick label for it. The legend goes beside the
         # axes, off the data, so it stays in the background (see _View).
@@ -547,7 +641,9 @@ class MaskExplorer:
         tokens = pattern.allows(idx.view(-1, 1), idx.view(1, -1), head)  # (zoom, zoom)
         title = "token mask" if zoom == n else f"token mask: zoom on tokens 0..{zoom - 1} of {n}"
         changed = self._token_plot.update(tokens, block_size=bs, title=title)
-        changed += self._kinds_plot.update(pattern, bs, head, title=f"block kinds, all {n} tokens")
+        changed += self._kinds_plot.update(
+            pattern, bs, head, title=f"block kinds of all {n} tokens, block {bs}"
+        )
         self.mask_image.value = self._views["mask"].png(changed)
         self.timings["mask"] = time.perf_counter() - t
 

@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from matplotlib.collections import QuadMesh
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
@@ -48,6 +47,21 @@ def tile_counts(mask: torch.Tensor, bs: int) -> tuple[torch.Tensor, torch.Tensor
 def kinds_of(mask: torch.Tensor, bs: int) -> torch.Tensor:
     allowed, size = tile_counts(mask, bs)
     return torch.where(allowed == 0, 0, torch.where(allowed == size, 2, 1))
+
+
+def tile_tint(ax, n: int, bs: int) -> np.ndarray:
+    """(nb, nb, 4) colours of the tint over the token mask, checking each covers its tile."""
+    tint = ax.collections[0]  # the overlay: tint, hatching, grid lines
+    nb = math.ceil(n / bs)
+    edges = [min(b * bs, n) - 0.5 for b in range(nb + 1)]
+    corners = np.array([p.vertices[:4] for p in tint.get_paths()])  # (nb * nb, 4, 2)
+    assert corners.shape == (nb * nb, 4, 2)
+    for t, (qb, kb) in enumerate(np.ndindex(nb, nb)):
+        np.testing.assert_allclose(corners[t, :, 0].min(), edges[kb])
+        np.testing.assert_allclose(corners[t, :, 0].max(), edges[kb + 1])
+        np.testing.assert_allclose(corners[t, :, 1].min(), edges[qb])
+        np.testing.assert_allclose(corners[t, :, 1].max(), edges[qb + 1])
+    return np.asarray(tint.get_facecolor()).reshape(nb, nb, 4)
 
 
 @pytest.fixture(autouse=True)
@@ -115,8 +129,7 @@ def test_plot_mask_tiles_are_the_block_kinds(block_size):
     fig = viz.plot_mask(p, head=2, block_size=block_size)
     ax = fig.axes[0]
     kinds = kinds_of(m, block_size)[2]  # (nb, nb)
-    mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
-    colors = np.asarray(mesh.get_array()).reshape(kinds.shape + (4,))
+    colors = tile_tint(ax, m.shape[-1], block_size)
     for kind in range(3):
         rgb = to_rgba(viz.KIND_COLORS[kind])[:3]
         np.testing.assert_allclose(
@@ -195,8 +208,8 @@ def test_plot_growth_lines():
 
 def test_live_plots_redraw_in_place():
     # The explorer keeps one MaskPlot / BlockKindsPlot and updates it: after each update it
-    # must show exactly the new pattern -- also across sizes and tile grids (the grid is
-    # recoloured in place when it stays the same, rebuilt when it changes).
+    # must show exactly the new pattern -- also across sizes and tile grids (the same
+    # overlay artists get the new tiles).
     fig = Figure()
     left, right = fig.subplots(1, 2)
     tokens, tiles = viz.MaskPlot(left), viz.BlockKindsPlot(right)
@@ -215,10 +228,9 @@ def test_live_plots_redraw_in_place():
         tiles.update(p, bs, head=head)
         np.testing.assert_array_equal(np.asarray(left.images[0].get_array()), m[h].numpy())
         assert len(left.images) == 1 and left.get_xlim() == (-0.5, n - 0.5)
-        meshes = [c for c in left.collections if isinstance(c, QuadMesh)]
         kinds = kinds_of(m, bs)[h]
-        assert len(meshes) == 1
-        colors = np.asarray(meshes[0].get_array()).reshape(kinds.shape + (4,))
+        assert len(left.collections) == 3, "one overlay, updated in place"
+        colors = tile_tint(left, n, bs)
         for kind in range(3):
             rgb = to_rgba(viz.KIND_COLORS[kind])[:3]
             np.testing.assert_allclose(
@@ -231,6 +243,22 @@ def test_live_plots_redraw_in_place():
         np.testing.assert_array_equal(np.asarray(right.images[0].get_array()), kinds.numpy())
         assert f"{int((kinds == 2).sum())} full" in right.get_title()
     assert len(fig.axes) == 3, "one colour bar, made once"
+
+
+def test_block_kinds_in_tokens_keep_their_axes_across_block_sizes():
+    ax = Figure().subplots()
+    plot = viz.BlockKindsPlot(ax, in_tokens=True)
+    p = CASES["bigbird/heads"]()  # n = 45
+    for bs in (8, 16, 5):
+        plot.update(p, bs, head=1)
+        kinds = kinds_of(mask3(p), bs)[1]
+        nb = kinds.shape[-1]
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), kinds.numpy())
+        # pixel b covers tokens b * bs .. (b + 1) * bs - 1; the axes stop at token n - 1
+        assert ax.images[0].get_extent() == [-0.5, nb * bs - 0.5, nb * bs - 0.5, -0.5]
+        assert ax.get_xlim() == (-0.5, 44.5) and ax.get_ylim() == (44.5, -0.5)
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("key j", "query i")
+        assert f"block {bs}" in ax.get_title() and f"of {nb * nb} tiles" in ax.get_title()
 
 
 def test_query_weights_redraw_in_place():

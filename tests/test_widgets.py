@@ -294,17 +294,12 @@ def test_close_closes_every_widget(small):
     assert small.controls["window"].layout.comm is None
 
 
-def test_views_show_what_a_full_draw_shows():
-    # Views are updated by redrawing only what changed over a kept background (blitting).
-    # After a run of changes each view's PNG must still show what matplotlib's own full
-    # draw of the same figure shows. Only where a tick mark meets an axes frame may a few
-    # pixels differ slightly: there the two are drawn in the other order.
-    explorer = MaskExplorer(pattern="bigbird", seq_len=640, block_size=32, query=100)
-    changes = [("random_blocks", 4), ("seed", 3), ("head", 2), ("query", 600), ("layers", 3)]
-    changes += [("pattern", "longformer"), ("query", 5), ("block_size", 64)]
-    for name, value in changes:
-        explorer.controls[name].value = value
-    explorer.wait()
+def assert_views_show_a_full_draw(explorer: MaskExplorer, when: str) -> None:
+    """Each view's PNG shows what matplotlib's own full draw of the same figure shows.
+
+    Only where a tick mark meets an axes frame may a few pixels differ slightly: there the
+    two are drawn in the other order.
+    """
     for view in ("mask", "reach", "weights"):
         shown = np.asarray(Image.open(io.BytesIO(getattr(explorer, f"{view}_image").value)))
         buf = io.BytesIO()
@@ -312,4 +307,85 @@ def test_views_show_what_a_full_draw_shows():
         full = np.asarray(Image.open(buf).convert("RGB"))
         assert shown.shape == full.shape
         diff = np.abs(shown.astype(int) - full.astype(int)).max(-1)
-        assert (diff > 0).sum() <= 20 and diff.max() <= 32, view
+        assert (diff > 0).sum() <= 20 and diff.max() <= 32, f"{view} after {when}"
+
+
+def test_views_show_what_a_full_draw_shows():
+    # Views are updated by redrawing only what changed over kept layers (blitting; the
+    # ticks of axes whose limits changed are erased and drawn again, and kept for a few
+    # limits). After every change each view must still show what a full draw shows.
+    explorer = MaskExplorer(pattern="bigbird", seq_len=640, block_size=32, query=100)
+    changes = [("random_blocks", 4), ("seed", 3), ("head", 2), ("query", 600), ("layers", 3)]
+    changes += [("seq_len", 1000), ("pattern", "longformer"), ("query", 5), ("block_size", 64)]
+    changes += [("seq_len", 300), ("layers", 5), ("seq_len", 1000), ("block_size", 16)]
+    for name, value in changes:
+        explorer.controls[name].value = value
+        explorer.wait()
+        assert_views_show_a_full_draw(explorer, f"{name}={value}")
+
+
+def kinds_axes_image(explorer: MaskExplorer):
+    """The block kinds map (right axes of the mask view) and its image."""
+    ax = explorer.figures["mask"].axes[1]
+    return ax, ax.images[0]
+
+
+def test_block_size_recolours_the_tiles_and_keeps_the_axes():
+    # The kinds map counts tokens on its axes, so another block size changes its tiles but
+    # neither its limits nor its tick labels: no tick label is drawn again.
+    explorer = MaskExplorer(pattern="longformer", seq_len=200, window=16, global_tokens=1)
+    ax, image = kinds_axes_image(explorer)
+    limits = ax.get_xlim(), ax.get_ylim()
+    before = explorer.mask_image.value
+    drawn = []  # every axis (ticks, tick labels, axis label) of every view, when drawn
+    for figure in explorer.figures.values():
+        for axis in (a for axes in figure.axes for a in (axes.xaxis, axes.yaxis)):
+            axis.draw = lambda renderer, axis=axis: drawn.append(axis)
+    explorer.controls["block_size"].value = 32
+    assert drawn == []
+    assert (ax.get_xlim(), ax.get_ylim()) == limits == ((-0.5, 199.5), (199.5, -0.5))
+    assert explorer.mask_image.value != before
+
+    # The new tiles, from a tile scan of the written definition: 7 blocks of 32, the
+    # last one 8 tokens, each pixel spanning its 32 tokens (cut at n by the axes).
+    mask = window_ref(200, 16, globals_=1)
+    padded = torch.zeros(224, 224, dtype=torch.long)
+    padded[:200, :200] = mask
+    inside = torch.zeros(224, 224, dtype=torch.long)
+    inside[:200, :200] = 1
+    allowed = padded.view(7, 32, 7, 32).sum((1, 3))
+    size = inside.view(7, 32, 7, 32).sum((1, 3))
+    expected = (allowed > 0).int() + (allowed == size).int()
+    assert torch.equal(torch.from_numpy(image.get_array().data.astype(int)), expected)
+    assert image.get_extent() == [-0.5, 223.5, 223.5, -0.5]
+    assert "block 32" in ax.get_title()
+    assert f"{int((expected == 1).sum())} partial" in ax.get_title()
+    # The overlay on the token mask: 7 x 7 tiles, the partial ones hatched.
+    tint, hatches, grid = explorer.figures["mask"].axes[0].collections
+    assert len(tint.get_paths()) == 49
+    assert len(hatches.get_paths()) == int((expected == 1).sum())
+    assert len(grid.get_segments()) == 2 * 8
+    explorer.close()
+
+
+def test_seq_len_moves_every_token_axis_to_the_new_n():
+    explorer = MaskExplorer(pattern="sliding_window", seq_len=300, window=8, block_size=64)
+    for n in (1000, 4096, 300, 1000):
+        explorer.controls["seq_len"].value = n
+        explorer.wait()
+        tokens, kinds = explorer.figures["mask"].axes[:2]
+        zoom = min(n, 512)
+        assert tokens.get_xlim() == (-0.5, zoom - 0.5) and tokens.get_ylim() == (zoom - 0.5, -0.5)
+        assert kinds.get_xlim() == (-0.5, n - 0.5) and kinds.get_ylim() == (n - 0.5, -0.5)
+        nb = math.ceil(n / 64)
+        assert kinds.images[0].get_array().shape == (nb, nb)
+        assert kinds.images[0].get_extent()[1] == nb * 64 - 0.5
+        assert f"all {n} tokens" in kinds.get_title()
+        reach = explorer.figures["reach"].axes[0]
+        weights = explorer.figures["weights"].axes[0]
+        for ax in (kinds, reach, weights):
+            assert ax.get_xlim() == (-0.5, n - 0.5)
+            ticks = ax.xaxis.get_majorticklocs()
+            shown = ticks[(ticks >= -0.5) & (ticks <= n - 0.5)]
+            assert 3 <= len(shown) <= 6 and shown[0] == 0 and shown[-1] > n / 2
+    explorer.close()
