@@ -114,7 +114,8 @@ def leaf_patterns(draw, n: int):
         dilation = draw(st.integers(1, 4))
         return patterns.dilated_window(n, window, dilation), ref_dilated(n, window, dilation)
     if kind == "longformer":
-        globals_ = tuple(draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=3)))
+        # Up to 24 tokens: past 8 runs of consecutive tokens membership is a table lookup.
+        globals_ = tuple(draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=24)))
         return patterns.longformer(n, window, globals_), ref_longformer(n, window, globals_)
     if kind == "causal":
         return patterns.causal(n), brute_force(n, lambda i, j: j <= i)
@@ -472,3 +473,14 @@ def test_non_bool_mask_is_a_type_error():
         patterns.as_pattern([[True]])
     with pytest.raises(ValueError, match=r"expected a mask of shape \(n, n\) or \(H, n, n\)"):
         patterns.as_pattern(torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_global_tokens_are_grouped_in_runs_and_both_membership_tests_agree():
+    p = patterns.GlobalTokens(10, [8, 0, 1, 2, 5, 7])
+    assert p.runs == ((0, 3), (5, 6), (7, 9))
+    scattered = list(range(0, 60, 3))  # 20 runs: more than MAX_RUNS_COMPARED, a table lookup
+    assert len(patterns.GlobalTokens(60, scattered).runs) > patterns.GlobalTokens.MAX_RUNS_COMPARED
+    for tokens in ([0, 1, 2, 5, 7, 8], scattered, list(range(60))):
+        p = patterns.global_tokens(60, tokens)
+        expected = brute_force(60, lambda i, j, t=set(tokens): i in t or j in t)
+        assert torch.equal(p.mask, expected), tokens
