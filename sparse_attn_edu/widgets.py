@@ -502,6 +502,10 @@ class MaskExplorer:
                 f"expected control names in {list(self.controls)}, got {sorted(unknown)}"
             )
         with self.hold():
+            # The query slider clamps to its range: give it the range of the seq_len asked for.
+            seq_len = values.get("seq_len", self.controls["seq_len"].value)
+            if isinstance(seq_len, int) and seq_len > 0:
+                self.controls["query"].max = seq_len - 1
             for name, value in values.items():
                 self.controls[name].value = value
             self._pending = True  # the first draw

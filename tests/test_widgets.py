@@ -181,6 +181,18 @@ def test_query_slider_stays_on_the_sequence(small):
     assert small.error == ""
 
 
+def test_a_query_past_the_default_range_is_kept_when_seq_len_allows_it():
+    # The slider's default range ends at 1023 (seq_len 1024).
+    explorer = MaskExplorer(seq_len=2048, query=2000, pattern="sliding_window", window=8)
+    try:
+        assert explorer.controls["query"].value == 2000
+        # The weights view is of query 2000: its allowed keys are 1996..2004.
+        allowed = (explorer.weights > 0).nonzero().flatten().tolist()
+        assert allowed == list(range(1996, 2005)), allowed
+    finally:
+        explorer.close()
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [
