@@ -35,7 +35,7 @@ browser:
 ## Every test: unit/property tests, Triton kernels (interpreter on CPU), notebooks (nbval),
 ## the widget in a real browser. pytest exits non-zero on failures and when no test ran.
 test: $(STAMP) browser
-	$(BIN)/ruff check sparse_attn_edu tests
+	$(BIN)/ruff check sparse_attn_edu tests scripts
 	$(BIN)/pytest -n 2 --dist loadfile -p no:cacheprovider \
 	  tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
@@ -48,7 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m sparse_attn_edu.bench --out notebooks/results
 
 lint: $(STAMP)
-	$(BIN)/ruff check sparse_attn_edu tests
+	$(BIN)/ruff check sparse_attn_edu tests scripts
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .hypothesis

@@ -476,9 +476,13 @@ class MaskExplorer:
         weights_ax = self.figures["weights"].subplots()
         self._weights_plot = viz.QueryWeightsPlot(weights_ax)
         _few_ticks(left.xaxis, left.yaxis, right.xaxis, right.yaxis, weights_ax.xaxis)
-        # The y axis follows the largest weight, so it is redrawn on every update: a fixed
-        # label position saves measuring every tick label for it. The legend goes beside the
-        # axes, off the data, so it stays in the background (see _View).
+        # Axis labels at fixed places (where they fall beside 4-digit tick labels): placed
+        # automatically, every tick label of the figure is measured again on each redraw.
+        for ax, below, beside in ((left, -0.09, -0.13), (right, -0.095, -0.165)):
+            ax.xaxis.set_label_coords(0.5, below)
+            ax.yaxis.set_label_coords(beside, 0.5)
+        weights_ax.xaxis.set_label_coords(0.5, -0.18)
+        # The legend goes beside the axes, off the data, so it stays in the background.
         weights_ax.yaxis.set_label_coords(-0.065, 0.5)
         weights_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         self._patterns = _LRU(16)
