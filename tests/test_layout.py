@@ -82,6 +82,8 @@ def test_rows_and_columns_rebuild_the_mask(n, bs, data):
         assert torch.equal(rebuild(layout, "row"), mask), repr(p)
         assert torch.equal(rebuild(layout, "col").expand_as(mask), mask), repr(p)
         assert torch.equal(layout.kinds, brute_kinds(mask, bs)), repr(p)
+        counts = [layout.row_count, layout.row_full_count, layout.col_count, layout.col_full_count]
+        assert torch.equal(layout.host_counts, torch.stack(counts).cpu()), repr(p)
 
 
 def test_layout_is_cached_per_block_size():
