@@ -163,6 +163,10 @@ def prepare(args, method: str, pattern: patterns.Pattern, n: int):
         if block_mask.full_kv_num_blocks is not None:
             tiles += int(block_mask.full_kv_num_blocks.sum())
         flops = 4 * B * H * tiles * block_mask.BLOCK_SIZE[0] * block_mask.BLOCK_SIZE[1] * D
+        if method == "flex":
+            # Compile afresh, as a new process would: after earlier shapes in this process,
+            # torch.compile would switch to a slower shape-generic kernel.
+            torch.compiler.reset()
         kernel = torch.compile(flex_attention) if method == "flex" else flex_attention
         # Eager Flex warns that it materializes the scores: that is what it measures.
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
