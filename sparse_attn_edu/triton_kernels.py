@@ -143,32 +143,32 @@ def _attend_tiles(
 
 
 @triton.jit
-def _work_item(items, full_count, H, NB, LAYOUT_HEADS, ITEMS):
+def _work_item(items, H, LAYOUT_HEADS, ITEMS):
     """This program's work: a block, its list range [start, stop) and its scratch slot.
 
     [start, mid) are full tiles and [mid, stop) partial ones (the lists hold full first).
+    All five numbers sit side by side in the work list: one round trip to memory.
     """
     bh = tl.program_id(0)  # batch * H + head
     lh = (bh % H) % LAYOUT_HEADS  # layout head: 0 when all heads share the pattern
-    item = items + (lh * ITEMS + tl.program_id(1)) * 4  # longest items are launched first
+    item = items + (lh * ITEMS + tl.program_id(1)) * 5  # longest items are launched first
     block = tl.load(item)
     start = tl.load(item + 1)
     stop = tl.load(item + 2)
     slot = tl.load(item + 3)  # -1: the whole list, write the result; else one piece of it
-    n_full = tl.load(full_count + lh * NB + block)
-    mid = tl.minimum(tl.maximum(n_full, start), stop)
+    mid = tl.load(item + 4)
     return bh, lh, block, start, mid, stop, slot
 
 
 @triton.jit
 def _forward_kernel(
     Q, K, V, Out, LSE, OPart, LSEPart,
-    items, full_count, index, tile, masks,
-    qk_scale, N, H, NB, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
+    items, index, tile, masks,
+    qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, row, start, mid, stop, slot = _work_item(items, full_count, H, NB, LAYOUT_HEADS, ITEMS)
+    bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + row * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -305,12 +305,12 @@ def _dkdv_tiles(
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, LSE, Delta, DK, DV, DKPart, DVPart,
-    items, full_count, index, tile, masks,
-    scale, qk_scale, N, H, NB, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
+    items, index, tile, masks,
+    scale, qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, col, start, mid, stop, slot = _work_item(items, full_count, H, NB, LAYOUT_HEADS, ITEMS)
+    bh, lh, col, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + col * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -377,12 +377,12 @@ def _dq_tiles(
 @triton.jit
 def _dq_kernel(
     Q, K, V, DO, LSE, Delta, DQ, DQPart,
-    items, full_count, index, tile, masks,
-    scale, qk_scale, N, H, NB, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
+    items, index, tile, masks,
+    scale, qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, row, start, mid, stop, slot = _work_item(items, full_count, H, NB, LAYOUT_HEADS, ITEMS)
+    bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + row * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -449,14 +449,16 @@ MAX_TILES_PER_PROGRAM = 64
 class WorkList:
     """The programs of one kernel: each walks entries [start, stop) of one block's list."""
 
-    items: torch.Tensor  # int32 (H', I, 4): block, start, stop, slot; longest first
+    items: torch.Tensor  # int32 (H', I, 5): block, start, stop, slot, mid; longest first
     merges: torch.Tensor  # int32 (H', M, 3): block, first slot, pieces, for blocks cut up
     num_slots: int  # scratch slots per (batch, head) for the pieces' partial results
 
 
-def work_list(count: torch.Tensor, max_tiles: int, device: torch.device) -> WorkList:
-    """Cut each list (`count` (H', nb) entries, on the host) into pieces of at most
-    `max_tiles` entries.
+def work_list(
+    count: torch.Tensor, full_count: torch.Tensor, max_tiles: int, device: torch.device
+) -> WorkList:
+    """Cut each list (`count` (H', nb) entries, the first `full_count` of them full tiles;
+    both on the host) into pieces of at most `max_tiles` entries.
 
     A block with one piece has slot -1 (its program writes the result); the pieces of a
     longer block get consecutive scratch slots and one `merges` entry. Items are sorted
@@ -466,11 +468,13 @@ def work_list(count: torch.Tensor, max_tiles: int, device: torch.device) -> Work
     """
     heads, nb = count.shape
     count = count.numpy().astype(np.int64).ravel()  # (H' * nb,)
+    full_count = full_count.numpy().astype(np.int64).ravel()
     pieces = np.maximum((count + max_tiles - 1) // max_tiles, 1)  # an empty row writes zeros
     owner = np.repeat(np.arange(heads * nb), pieces)  # (I_all,) the list each item cuts
     first_item = np.cumsum(pieces) - pieces
     start = (np.arange(len(owner)) - first_item[owner]) * max_tiles
     stop = np.minimum(start + max_tiles, count[owner])
+    mid = np.clip(full_count[owner], start, stop)  # full tiles in [start, mid)
     head, block = owner // nb, owner % nb
 
     # Scratch slots: split items numbered consecutively within each head.
@@ -492,8 +496,8 @@ def work_list(count: torch.Tensor, max_tiles: int, device: torch.device) -> Work
     # Longest first within each head. A head with fewer items repeats its last (shortest)
     # one: that program recomputes and rewrites the same values, which is harmless.
     order = np.argsort(head * (max_tiles + 1) + (max_tiles - (stop - start)), kind="stable")
-    items = np.stack([block, start, stop, slot], 1)[order]
-    last = items[np.cumsum(np.bincount(head, minlength=heads)) - 1]  # (H', 4)
+    items = np.stack([block, start, stop, slot, mid], 1)[order]
+    last = items[np.cumsum(np.bincount(head, minlength=heads)) - 1]  # (H', 5)
     items = per_head_table(items, head[order], last)
 
     cut = np.flatnonzero(pieces > 1)  # flat (head, block) ids of blocks cut in pieces
@@ -533,8 +537,9 @@ def kernel_layout(
         masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
         if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
             masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)
-        rows = work_list(layout.host_counts[0], max_tiles, layout.kinds.device)
-        cols = work_list(layout.host_counts[2], max_tiles, layout.kinds.device)
+        counts, device = layout.host_counts, layout.kinds.device
+        rows = work_list(counts[0], counts[1], max_tiles, device)
+        cols = work_list(counts[2], counts[3], max_tiles, device)
         cache[key] = KernelLayout(layout, rows, cols, masks)
     return cache[key]
 
@@ -559,11 +564,10 @@ def _precision(dtype: torch.dtype) -> str:
 def _list_args(kl: KernelLayout, heads: int, rows: bool) -> tuple[tuple, tuple]:
     """Pointer arguments and sizes shared by the kernels that walk rows (or columns)."""
     layout, work = kl.layout, (kl.rows if rows else kl.cols)
-    full_count = layout.row_full_count if rows else layout.col_full_count
     index = layout.row_index if rows else layout.col_index
     tile = layout.row_tile if rows else layout.col_tile
-    pointers = (work.items, full_count, index, tile, kl.masks)
-    sizes = (heads, layout.num_blocks, layout.num_layout_heads, work.items.shape[1])
+    pointers = (work.items, index, tile, kl.masks)
+    sizes = (heads, layout.num_layout_heads, work.items.shape[1])
     sizes += (work.num_slots, index.stride(0), index.stride(1))
     return pointers, sizes
 

@@ -117,7 +117,10 @@ def test_work_lists_cover_every_entry_once_longest_first():
     for work, count in ((kl.rows, kl.layout.row_count), (kl.cols, kl.layout.col_count)):
         for head in range(2):
             items = {tuple(item) for item in work.items[head].tolist()}  # padding repeats
-            covered = sorted((b, j) for b, start, stop, _ in items for j in range(start, stop))
+            covered = sorted((b, j) for b, start, stop, *_ in items for j in range(start, stop))
+            full = kl.layout.row_full_count if work is kl.rows else kl.layout.col_full_count
+            for b, start, stop, _, mid in items:  # full tiles in [start, mid)
+                assert mid == min(max(int(full[head, b]), start), stop)
             expected = [(b, j) for b in range(8) for j in range(int(count[head, b]))]
             assert covered == expected
             lengths = (work.items[head, :, 2] - work.items[head, :, 1]).tolist()
