@@ -52,17 +52,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, name: str = "voila") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"voila exited with code {proc.returncode} before serving")
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before serving")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
             time.sleep(0.5)
-    raise TimeoutError(f"voila did not listen on port {port} within {timeout} s")
+    raise TimeoutError(f"{name} did not listen on port {port} within {timeout} s")
+
+
+def drag_slider(page, slider, fraction: float) -> None:
+    """Drag an ipywidgets slider's handle to `fraction` of its track and release it."""
+    handle = slider.locator(".noUi-handle").bounding_box()
+    track = slider.locator(".noUi-target").bounding_box()
+    y = handle["y"] + handle["height"] / 2
+    page.mouse.move(handle["x"] + handle["width"] / 2, y)
+    page.mouse.down()
+    page.mouse.move(track["x"] + fraction * track["width"], y, steps=10)
+    page.mouse.up()
 
 
 @pytest.fixture
@@ -135,14 +146,7 @@ def test_slider_changes_picture_and_stats(chromium, voila_url):
                 "png": mask.screenshot(),
                 "value": slider.locator(".widget-readout").inner_text(),
             }
-            # Drag the handle to the right and release: the slider updates on release.
-            handle = slider.locator(".noUi-handle").bounding_box()
-            track = slider.locator(".noUi-target").bounding_box()
-            y = handle["y"] + handle["height"] / 2
-            page.mouse.move(handle["x"] + handle["width"] / 2, y)
-            page.mouse.down()
-            page.mouse.move(track["x"] + 0.8 * track["width"], y, steps=10)
-            page.mouse.up()
+            drag_slider(page, slider, 0.8)  # the slider updates on release
             page.wait_for_function(
                 "old => document.querySelector('.sae-stats').innerText !== old",
                 arg=before["stats"],
