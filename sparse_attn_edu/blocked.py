@@ -100,7 +100,7 @@ def _row_groups(layout: BlockSparseLayout) -> list[torch.Tensor]:
     Padding a group to its longest row wastes less than half its work, and there are at
     most log2(nb) + 2 groups (Longformer: the window rows, and the global row).
     """
-    count = layout.row_count.max(0).values.cpu()  # (nb,) longest row over layout heads
+    count = layout.host_counts[0].max(0).values  # (nb,) longest row over layout heads
     order = count.argsort(stable=True)
     groups, start = [], 0
     for i in range(1, len(order) + 1):
@@ -120,7 +120,7 @@ def _row_chunks(layout: BlockSparseLayout, batch_heads: int):
     bs = layout.block_size
     for rows in _row_groups(layout):
         # Rows with no key at all still take one (fully masked) step: zeros, in the graph.
-        width = max(int(layout.row_count[:, rows].max()), 1)
+        width = max(int(layout.host_counts[0][:, rows].max()), 1)
         per_row = batch_heads * bs * bs * width  # scores of one query block, all its slots
         for part in rows.split(max(1, STEP_ELEMENTS // per_row)):
             yield part, width, _slot_chunk(batch_heads, len(part), bs, width)
