@@ -270,7 +270,13 @@ def measure(args, method: str, n: int) -> dict:
 
     modes = [("fwd", False)] + ([("fwd_bwd", True)] if args.backward else [])
     for mode, grad in modes:
-        call = make_call(fn, *make_inputs(args, n, grad), grad)
+        inputs = make_inputs(args, n, grad)
+        if method == "triton" and device.type == "cuda":
+            from . import triton_kernels
+
+            # How the kernels read tiles: Hopper's copy engine (TMA) or per-thread pointers.
+            result["tile_loads"] = "tma" if triton_kernels._uses_tma(*inputs) else "pointers"
+        call = make_call(fn, *inputs, grad)
         start = time.perf_counter()
         try:
             call()  # warm-up: FlexAttention compiles here, caches fill

@@ -11,6 +11,14 @@ the key blocks in its row of the compressed layout (``layout.py``): the ``row_fu
 full tiles first, with no mask at all, then the partial tiles, where the element mask of
 ``tile_masks`` is loaded and applied. Empty tiles are never visited: that is the saving.
 
+Loading a tile. Every tile a kernel reads -- 64 rows of Q, K, V or dO -- goes through one
+helper, ``_load_rows``. On Hopper GPUs (H100, H200) it hands the tile's coordinates to the
+tensor memory accelerator (TMA), a copy engine that moves the whole tile into shared memory
+by itself while the threads compute, and fills rows past seq_len with zeros. Elsewhere
+(older GPUs, rows not 16-byte aligned) every thread computes its addresses and loads its
+share: the pointer path. Both read the same tiles; on an H200 the copy engine made the
+forward 14-17% and forward+backward 16-20% faster (``notebooks/results``).
+
 Online softmax (base 2). For one query row, with scores s_j = scale * q . k_j, we keep a
 running max m, a running sum l and an unnormalized output acc. Folding log2(e) into the
 scale lets the kernel use exp2, the GPU's native exponential: exp(s) = 2^(s * log2 e).
@@ -74,6 +82,7 @@ if INTERPRETED:
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 if INTERPRETED:
     from triton.runtime import interpreter as _interpreter
@@ -96,29 +105,51 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
 
 
+# ---- loading a tile -------------------------------------------------------------------
+
+
+@triton.jit
+def _load_rows(X, bh, bh_offset, first, N,
+               HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+               TMA: tl.constexpr):  # fmt: skip
+    """Rows [first, first + ROWS) of one (batch, head)'s (N, HEAD_DIM) matrix: (ROWS, BLOCK_D),
+    zeros past N and past HEAD_DIM.
+
+    With TMA, X is a tensor descriptor and Hopper's tensor memory accelerator copies the
+    whole tile into shared memory by itself (out-of-range rows and columns arrive as zeros);
+    otherwise every thread computes addresses and loads its share of X, a pointer.
+    """
+    if TMA:
+        tile = X.load([bh, first, 0]).reshape(ROWS, BLOCK_D)
+    else:
+        rows = first + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK_D)
+        tile = tl.load(
+            X + bh_offset + rows[:, None] * HEAD_DIM + cols[None, :],
+            mask=(rows < N)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0,
+        )  # fmt: skip
+    return tile
+
+
 # ---- forward ------------------------------------------------------------------------
 
 
 @triton.jit
 def _attend_tiles(
-    acc, m_i, l_i, q, K, V, bh_offset, index_ptr, tile_ptr, masks, start, stop,
+    acc, m_i, l_i, q, K, V, bh, bh_offset, index_ptr, tile_ptr, masks, start, stop,
     qk_scale, N,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, MASKED: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr,
+    TMA: tl.constexpr,
 ):  # fmt: skip
     """Online-softmax update of one query block over list entries [start, stop)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
     for j in range(start, stop):
-        keys = tl.load(index_ptr + j) * BLOCK_N + offs_n  # (BLOCK_N,) key positions
-        k_ok = keys < N
-        kT = tl.load(
-            K + bh_offset + keys[None, :] * HEAD_DIM + offs_d[:, None],
-            mask=k_ok[None, :] & d_ok[:, None], other=0.0,
-        )  # fmt: skip  # (BLOCK_D, BLOCK_N)
-        x = tl.dot(q, kT, input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        first = tl.load(index_ptr + j) * BLOCK_N  # the key block's first position
+        k_ok = first + offs_n < N
+        k = _load_rows(K, bh, bh_offset, first, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+        x = tl.dot(q, k.T, input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             # Partial tile: its element mask (uint8, also 0 past seq_len) says which pairs count.
             tile = tl.load(tile_ptr + j).to(tl.int64)
@@ -133,10 +164,7 @@ def _attend_tiles(
         alpha = tl.exp2(m_i - m_shift)  # rescales what we summed before
         p = tl.exp2(x - m_shift[:, None])  # (BLOCK_M, BLOCK_N)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            V + bh_offset + keys[:, None] * HEAD_DIM + offs_d[None, :],
-            mask=k_ok[:, None] & d_ok[None, :], other=0.0,
-        )  # fmt: skip  # (BLOCK_N, BLOCK_D)
+        v = _load_rows(V, bh, bh_offset, first, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     return acc, m_i, l_i
@@ -166,7 +194,7 @@ def _forward_kernel(
     items, index, tile, masks,
     qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + row * list_stride_r
@@ -176,20 +204,20 @@ def _forward_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     io_mask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     io_offsets = bh_offset + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    q = tl.load(Q + io_offsets, mask=io_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
+    q = _load_rows(Q, bh, bh_offset, row * BLOCK_M, N, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, K, V, bh_offset, index + list_offset, tile + list_offset, masks,
+        acc, m_i, l_i, q, K, V, bh, bh_offset, index + list_offset, tile + list_offset, masks,
         start, mid, qk_scale, N,
-        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, EVEN_N, PREC,
+        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, EVEN_N, PREC, TMA,
     )  # fmt: skip
     acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, K, V, bh_offset, index + list_offset, tile + list_offset, masks,
+        acc, m_i, l_i, q, K, V, bh, bh_offset, index + list_offset, tile + list_offset, masks,
         mid, stop, qk_scale, N,
-        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, EVEN_N, PREC,
+        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, EVEN_N, PREC, TMA,
     )  # fmt: skip
 
     seen = l_i > 0  # False for a row with no allowed key (so far): its acc is 0
@@ -264,23 +292,19 @@ def _delta_kernel(Out, DO, Delta, N, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constex
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, k, v, Q, DO, LSE, Delta, bh_offset, bh_rows, index_ptr, tile_ptr, masks,
+    dk, dv, k, v, Q, DO, LSE, Delta, bh, bh_offset, bh_rows, index_ptr, tile_ptr, masks,
     start, stop, qk_scale, N,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_D: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """Accumulate dK, dV of one key block over the query blocks [start, stop) of its column."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
     for j in range(start, stop):
-        queries = tl.load(index_ptr + j) * BLOCK_M + offs_m  # (BLOCK_M,)
+        first = tl.load(index_ptr + j) * BLOCK_M  # the query block's first position
+        queries = first + offs_m  # (BLOCK_M,)
         q_ok = queries < N
-        qT = tl.load(
-            Q + bh_offset + queries[None, :] * HEAD_DIM + offs_d[:, None],
-            mask=q_ok[None, :] & d_ok[:, None], other=0.0,
-        )  # fmt: skip  # (BLOCK_D, BLOCK_M)
+        qT = _load_rows(Q, bh, bh_offset, first, N, HEAD_DIM, BLOCK_M, BLOCK_D, TMA).T
         # Rows past seq_len get LSE = +inf, hence p = 0.
         lse = tl.load(LSE + bh_rows + queries, mask=q_ok, other=float("inf"))
         xT = tl.dot(k, qT, input_precision=PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
@@ -290,10 +314,7 @@ def _dkdv_tiles(
             allowedT = tl.load(masks + tile * (BLOCK_M * BLOCK_N) + offs_m[None, :] * BLOCK_N
                                + offs_n[:, None])  # fmt: skip
             pT = tl.where(allowedT != 0, pT, 0.0)
-        do = tl.load(
-            DO + bh_offset + queries[:, None] * HEAD_DIM + offs_d[None, :],
-            mask=q_ok[:, None] & d_ok[None, :], other=0.0,
-        )  # fmt: skip  # (BLOCK_M, BLOCK_D)
+        do = _load_rows(DO, bh, bh_offset, first, N, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
         dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)  # dV_j += p_ij dO_i
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC)  # dp_ij = dO_i . v_j
         delta = tl.load(Delta + bh_rows + queries, mask=q_ok, other=0.0)
@@ -308,7 +329,7 @@ def _dkdv_kernel(
     items, index, tile, masks,
     scale, qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_D: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     bh, lh, col, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + col * list_stride_r
@@ -318,19 +339,19 @@ def _dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     io_mask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     io_offsets = bh_offset + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-    k = tl.load(K + io_offsets, mask=io_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-    v = tl.load(V + io_offsets, mask=io_mask, other=0.0)
+    k = _load_rows(K, bh, bh_offset, col * BLOCK_N, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
+    v = _load_rows(V, bh, bh_offset, col * BLOCK_N, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dk, dv = _dkdv_tiles(
-        dk, dv, k, v, Q, DO, LSE, Delta, bh_offset, bh * N, index + list_offset,
+        dk, dv, k, v, Q, DO, LSE, Delta, bh, bh_offset, bh * N, index + list_offset,
         tile + list_offset, masks, start, mid, qk_scale, N,
-        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, PREC,
+        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, PREC, TMA,
     )  # fmt: skip
     dk, dv = _dkdv_tiles(
-        dk, dv, k, v, Q, DO, LSE, Delta, bh_offset, bh * N, index + list_offset,
+        dk, dv, k, v, Q, DO, LSE, Delta, bh, bh_offset, bh * N, index + list_offset,
         tile + list_offset, masks, mid, stop, qk_scale, N,
-        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, PREC,
+        HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, PREC, TMA,
     )  # fmt: skip
     if slot < 0:
         tl.store(DK + io_offsets, (dk * scale).to(DK.dtype.element_ty), mask=io_mask)
@@ -343,24 +364,19 @@ def _dkdv_kernel(
 
 @triton.jit
 def _dq_tiles(
-    dq, q, do, lse, delta, K, V, bh_offset, index_ptr, tile_ptr, masks, start, stop,
+    dq, q, do, lse, delta, K, V, bh, bh_offset, index_ptr, tile_ptr, masks, start, stop,
     qk_scale, N,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_D: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """Accumulate dQ of one query block over the key blocks [start, stop) of its row."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
     for j in range(start, stop):
-        keys = tl.load(index_ptr + j) * BLOCK_N + offs_n
-        kv_mask = (keys < N)[None, :] & d_ok[:, None]
+        first = tl.load(index_ptr + j) * BLOCK_N
         # Keys past seq_len load as 0: their dp and k are 0, so they add nothing to dQ.
-        kT = tl.load(K + bh_offset + keys[None, :] * HEAD_DIM + offs_d[:, None],
-                     mask=kv_mask, other=0.0)  # fmt: skip  # (BLOCK_D, BLOCK_N)
-        vT = tl.load(V + bh_offset + keys[None, :] * HEAD_DIM + offs_d[:, None],
-                     mask=kv_mask, other=0.0)  # fmt: skip
+        kT = _load_rows(K, bh, bh_offset, first, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA).T
+        vT = _load_rows(V, bh, bh_offset, first, N, HEAD_DIM, BLOCK_N, BLOCK_D, TMA).T
         x = tl.dot(q, kT, input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.exp2(x - lse[:, None])
         if MASKED:
@@ -380,7 +396,7 @@ def _dq_kernel(
     items, index, tile, masks,
     scale, qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_D: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
     list_offset = lh * list_stride_h + row * list_stride_r
@@ -391,18 +407,18 @@ def _dq_kernel(
     m_ok = offs_m < N
     io_mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     io_offsets = bh_offset + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    q = tl.load(Q + io_offsets, mask=io_mask, other=0.0)
-    do = tl.load(DO + io_offsets, mask=io_mask, other=0.0)
+    q = _load_rows(Q, bh, bh_offset, row * BLOCK_M, N, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
+    do = _load_rows(DO, bh, bh_offset, row * BLOCK_M, N, HEAD_DIM, BLOCK_M, BLOCK_D, TMA)
     lse = tl.load(LSE + bh * N + offs_m, mask=m_ok, other=float("inf"))
     delta = tl.load(Delta + bh * N + offs_m, mask=m_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _dq_tiles(
-        dq, q, do, lse, delta, K, V, bh_offset, index + list_offset, tile + list_offset,
-        masks, start, mid, qk_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, PREC,
+        dq, q, do, lse, delta, K, V, bh, bh_offset, index + list_offset, tile + list_offset,
+        masks, start, mid, qk_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, PREC, TMA,
     )  # fmt: skip
     dq = _dq_tiles(
-        dq, q, do, lse, delta, K, V, bh_offset, index + list_offset, tile + list_offset,
-        masks, mid, stop, qk_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, PREC,
+        dq, q, do, lse, delta, K, V, bh, bh_offset, index + list_offset, tile + list_offset,
+        masks, mid, stop, qk_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, PREC, TMA,
     )  # fmt: skip
     if slot < 0:
         tl.store(DQ + io_offsets, (dq * scale).to(DQ.dtype.element_ty), mask=io_mask)
@@ -556,6 +572,33 @@ def _launch_config(kernel: str, block_size: int, head_dim: int) -> dict:
     return {"num_warps": warps, "num_stages": 3 if kernel == "forward" else 2}
 
 
+# Load tiles through tensor descriptors (TMA) where the GPU has the copy engine (Hopper and
+# newer; the interpreter runs them anywhere). Side by side on an H200 at n = 16384, BigBird's
+# forward took 0.309 ms with it and 0.358 ms without. False: always the pointer path.
+USE_TMA = True
+
+
+def _uses_tma(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can read these (batch, heads, n, head_dim) tensors through TMA:
+    a copy engine, and rows and base addresses aligned to 16 bytes, as descriptors need."""
+    if not USE_TMA:
+        return False
+    if not INTERPRETED and torch.cuda.get_device_capability(tensors[0].device) < (9, 0):
+        return False
+    row_bytes = tensors[0].shape[-1] * tensors[0].element_size()
+    return row_bytes % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _tile_sources(tensors: tuple, rows: int, block_d: int, tma: bool) -> tuple:
+    """What the kernels load (rows, block_d) tiles from: descriptors of each tensor viewed as
+    (batch * heads, n, head_dim), or the tensors themselves (the pointer path)."""
+    if not tma:
+        return tensors
+    return tuple(
+        TensorDescriptor.from_tensor(t.view(-1, *t.shape[-2:]), [1, rows, block_d]) for t in tensors
+    )
+
+
 def _precision(dtype: torch.dtype) -> str:
     # float32 inputs get true fp32 products (as torch matmul by default), not TF32.
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -593,10 +636,12 @@ def _forward(q, k, v, kl: KernelLayout, scale: float):
     out_part = _scratch(batch * heads, kl.rows, bs, block_d, q.device)
     lse_part = torch.empty(out_part.shape[:-1], device=q.device)
     pointers, sizes = _list_args(kl, heads, rows=True)
+    tma = _uses_tma(q, k, v)
     _forward_kernel[(batch * heads, kl.rows.items.shape[1])](
-        q, k, v, out, lse, out_part, lse_part, *pointers, scale * LOG2E, n, *sizes,
-        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d,
-        EVEN_N=n % bs == 0, PREC=_precision(q.dtype), **_launch_config("forward", bs, head_dim),
+        *_tile_sources((q, k, v), bs, block_d, tma), out, lse, out_part, lse_part, *pointers,
+        scale * LOG2E, n, *sizes, HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d,
+        EVEN_N=n % bs == 0, PREC=_precision(q.dtype), TMA=tma,
+        **_launch_config("forward", bs, head_dim),
     )  # fmt: skip
     _merge(_merge_rows_kernel, (out, lse), (out_part, lse_part), kl.rows, heads, kl, n,
            HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_D=block_d)  # fmt: skip
@@ -612,14 +657,16 @@ def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     sums = {"HEAD_DIM": head_dim, "BLOCK": bs, "BLOCK_D": block_d}
+    tma = _uses_tma(q, k, v, dout)
+    sources = _tile_sources((q, k, v, dout), bs, block_d, tma)  # what tiles are loaded from
 
     dk_part = _scratch(batch * heads, kl.cols, bs, block_d, q.device)
     dv_part = torch.empty_like(dk_part)
     pointers, sizes = _list_args(kl, heads, rows=False)
     _dkdv_kernel[(batch * heads, kl.cols.items.shape[1])](
-        q, k, v, dout, lse, delta, dk, dv, dk_part, dv_part, *pointers,
+        *sources, lse, delta, dk, dv, dk_part, dv_part, *pointers,
         scale, scale * LOG2E, n, *sizes,
-        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec,
+        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec, TMA=tma,
         **_launch_config("dkdv", bs, head_dim),
     )  # fmt: skip
     _merge(_sum_pieces_kernel, (dk,), (dk_part,), kl.cols, heads, kl, n, scale=(scale,), **sums)
@@ -628,8 +675,8 @@ def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
     dq_part = _scratch(batch * heads, kl.rows, bs, block_d, q.device)
     pointers, sizes = _list_args(kl, heads, rows=True)
     _dq_kernel[(batch * heads, kl.rows.items.shape[1])](
-        q, k, v, dout, lse, delta, dq, dq_part, *pointers, scale, scale * LOG2E, n, *sizes,
-        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec,
+        *sources, lse, delta, dq, dq_part, *pointers, scale, scale * LOG2E, n, *sizes,
+        HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec, TMA=tma,
         **_launch_config("dq", bs, head_dim),
     )  # fmt: skip
     _merge(_sum_pieces_kernel, (dq,), (dq_part,), kl.rows, heads, kl, n, scale=(scale,), **sums)

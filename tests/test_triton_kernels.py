@@ -66,15 +66,31 @@ CASES = [
     ("causal_block64", lambda n: patterns.causal(n), (64, 640), 64, torch.float32, 16, 1),
     ("window_or_globals_fp16", lambda n: patterns.sliding_window(n, 10)
      | patterns.global_tokens(n, [n - 1]), (40, 700), 32, torch.float16, 64, 1),
+    # 20 fp16 values are 40 bytes a row: not 16-byte aligned, so never tensor descriptors.
+    ("unaligned_rows_fp16", lambda n: patterns.sliding_window(n, 12), (30, 500), 16,
+     torch.float16, 20, 1),
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointers"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_matches_masked_attention(case):
+def test_matches_masked_attention(monkeypatch, case, tma):
+    # Both ways of loading tiles: tensor descriptors (where the GPU has TMA) and pointers.
+    monkeypatch.setattr(tk, "USE_TMA", tma)
     _, factory, sizes, block_size, dtype, head_dim, heads = case
     n = size(*sizes)
     pattern = factory(n)
     assert_close(*compare(pattern, 1, heads, n, head_dim, dtype, block_size), dtype)
+
+
+def test_tma_only_for_aligned_rows():
+    aligned = torch.zeros(1, 1, 8, 24, dtype=torch.bfloat16, device=DEVICE)  # 48-byte rows
+    unaligned = torch.zeros(1, 1, 8, 20, dtype=torch.float16, device=DEVICE)  # 40-byte rows
+    hopper = not CUDA or torch.cuda.get_device_capability() >= (9, 0)
+    assert tk._uses_tma(aligned) == hopper
+    assert not tk._uses_tma(unaligned)
+    shifted = aligned.flatten()[1:169].view(1, 1, 7, 24)  # base 2 bytes past an aligned one
+    assert not tk._uses_tma(shifted)
 
 
 def test_bool_mask_per_head_batch_and_scale():
