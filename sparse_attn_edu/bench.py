@@ -275,7 +275,9 @@ def measure(args, method: str, n: int) -> dict:
             from . import triton_kernels
 
             # How the kernels read tiles: Hopper's copy engine (TMA) or per-thread pointers.
-            result["tile_loads"] = "tma" if triton_kernels._uses_tma(*inputs) else "pointers"
+            kl = triton_kernels.kernel_layout(pattern, args.block_size, device)
+            tma = triton_kernels._uses_tma(inputs, kl.pairs_per_head * args.batch * args.heads)
+            result["tile_loads"] = "tma" if tma else "pointers"
         call = make_call(fn, *inputs, grad)
         start = time.perf_counter()
         try:

@@ -16,8 +16,10 @@ helper, ``_load_rows``. On Hopper GPUs (H100, H200) it hands the tile's coordina
 tensor memory accelerator (TMA), a copy engine that moves the whole tile into shared memory
 by itself while the threads compute, and fills rows past seq_len with zeros. Elsewhere
 (older GPUs, rows not 16-byte aligned) every thread computes its addresses and loads its
-share: the pointer path. Both read the same tiles; on an H200 the copy engine made the
-forward 14-17% and forward+backward 16-20% faster (``notebooks/results``).
+share: the pointer path. Both read the same tiles. Side by side on an H200 at n = 16384
+and 32768, the copy engine took 10-17% off the forward's time and 16-20% off the forward
+and backward's (``notebooks/results/gpu_tma_side_by_side.json``); on small calls the
+descriptors' host cost outweighs that, so those keep the pointer path (``TMA_MIN_PAIRS``).
 
 Online softmax (base 2). For one query row, with scores s_j = scale * q . k_j, we keep a
 running max m, a running sum l and an unnormalized output acc. Folding log2(e) into the
@@ -536,6 +538,7 @@ class KernelLayout:
     rows: WorkList  # forward and dQ programs: query blocks
     cols: WorkList  # dK/dV programs: key blocks
     masks: torch.Tensor  # uint8 (max(T, 1), bs, bs): tile_masks as bytes
+    pairs_per_head: int  # (query, key) pairs in the computed tiles, per head (mean)
 
 
 def kernel_layout(
@@ -556,7 +559,8 @@ def kernel_layout(
         counts, device = layout.host_counts, layout.kinds.device
         rows = work_list(counts[0], counts[1], max_tiles, device)
         cols = work_list(counts[2], counts[3], max_tiles, device)
-        cache[key] = KernelLayout(layout, rows, cols, masks)
+        pairs = int(counts[0].sum()) * block_size**2 // layout.num_layout_heads
+        cache[key] = KernelLayout(layout, rows, cols, masks, pairs)
     return cache[key]
 
 
@@ -572,16 +576,22 @@ def _launch_config(kernel: str, block_size: int, head_dim: int) -> dict:
     return {"num_warps": warps, "num_stages": 3 if kernel == "forward" else 2}
 
 
-# Load tiles through tensor descriptors (TMA) where the GPU has the copy engine (Hopper and
-# newer; the interpreter runs them anywhere). Side by side on an H200 at n = 16384, BigBird's
-# forward took 0.309 ms with it and 0.358 ms without. False: always the pointer path.
+# Tiles come through tensor descriptors (TMA) where the GPU has the copy engine (Hopper and
+# newer; the interpreter runs them anywhere) and the call is big enough to pay for them.
+# Making and passing the descriptors costs the host about 0.1 ms per forward call on the H200
+# machine; below about 2^28 computed (query, key) pairs the kernels finish sooner than that
+# and the call waits on the host. Side by side on the H200, BigBird's forward took 0.299 ms
+# with descriptors and 0.346 ms without at n = 16384 (4.3e8 pairs with B = 2, H = 16), but
+# 0.226 ms against 0.114 ms at n = 4096. USE_TMA = False: always the pointer path.
 USE_TMA = True
+TMA_MIN_PAIRS = 1 << 28
 
 
-def _uses_tma(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels can read these (batch, heads, n, head_dim) tensors through TMA:
-    a copy engine, and rows and base addresses aligned to 16 bytes, as descriptors need."""
-    if not USE_TMA:
+def _uses_tma(tensors: tuple, pairs: int) -> bool:
+    """Whether the kernels read these (batch, heads, n, head_dim) tensors through TMA, for a
+    call computing `pairs` (query, key) pairs: a copy engine, a call big enough, and rows
+    and base addresses aligned to 16 bytes, as descriptors need."""
+    if not USE_TMA or pairs < TMA_MIN_PAIRS:
         return False
     if not INTERPRETED and torch.cuda.get_device_capability(tensors[0].device) < (9, 0):
         return False
@@ -590,13 +600,13 @@ def _uses_tma(*tensors: torch.Tensor) -> bool:
 
 
 def _tile_sources(tensors: tuple, rows: int, block_d: int, tma: bool) -> tuple:
-    """What the kernels load (rows, block_d) tiles from: descriptors of each tensor viewed as
-    (batch * heads, n, head_dim), or the tensors themselves (the pointer path)."""
+    """What the kernels load (rows, block_d) tiles from: the tensors themselves (pointer
+    path), or a descriptor of each, read as a (batch * heads, n, head_dim) array."""
     if not tma:
         return tensors
-    return tuple(
-        TensorDescriptor.from_tensor(t.view(-1, *t.shape[-2:]), [1, rows, block_d]) for t in tensors
-    )
+    batch, heads, n, head_dim = tensors[0].shape
+    shape, strides = [batch * heads, n, head_dim], [n * head_dim, head_dim, 1]
+    return tuple(TensorDescriptor(t, shape, strides, [1, rows, block_d]) for t in tensors)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -636,7 +646,7 @@ def _forward(q, k, v, kl: KernelLayout, scale: float):
     out_part = _scratch(batch * heads, kl.rows, bs, block_d, q.device)
     lse_part = torch.empty(out_part.shape[:-1], device=q.device)
     pointers, sizes = _list_args(kl, heads, rows=True)
-    tma = _uses_tma(q, k, v)
+    tma = _uses_tma((q, k, v), kl.pairs_per_head * batch * heads)
     _forward_kernel[(batch * heads, kl.rows.items.shape[1])](
         *_tile_sources((q, k, v), bs, block_d, tma), out, lse, out_part, lse_part, *pointers,
         scale * LOG2E, n, *sizes, HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d,
@@ -657,7 +667,7 @@ def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     sums = {"HEAD_DIM": head_dim, "BLOCK": bs, "BLOCK_D": block_d}
-    tma = _uses_tma(q, k, v, dout)
+    tma = _uses_tma((q, k, v, dout), kl.pairs_per_head * batch * heads)
     sources = _tile_sources((q, k, v, dout), bs, block_d, tma)  # what tiles are loaded from
 
     dk_part = _scratch(batch * heads, kl.cols, bs, block_d, q.device)

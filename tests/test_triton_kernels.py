@@ -77,20 +77,30 @@ CASES = [
 def test_matches_masked_attention(monkeypatch, case, tma):
     # Both ways of loading tiles: tensor descriptors (where the GPU has TMA) and pointers.
     monkeypatch.setattr(tk, "USE_TMA", tma)
+    monkeypatch.setattr(tk, "TMA_MIN_PAIRS", 0)  # descriptors even for these tiny calls
     _, factory, sizes, block_size, dtype, head_dim, heads = case
     n = size(*sizes)
     pattern = factory(n)
     assert_close(*compare(pattern, 1, heads, n, head_dim, dtype, block_size), dtype)
 
 
-def test_tma_only_for_aligned_rows():
+def test_tma_only_for_big_calls_and_aligned_rows():
     aligned = torch.zeros(1, 1, 8, 24, dtype=torch.bfloat16, device=DEVICE)  # 48-byte rows
     unaligned = torch.zeros(1, 1, 8, 20, dtype=torch.float16, device=DEVICE)  # 40-byte rows
+    big = tk.TMA_MIN_PAIRS
     hopper = not CUDA or torch.cuda.get_device_capability() >= (9, 0)
-    assert tk._uses_tma(aligned) == hopper
-    assert not tk._uses_tma(unaligned)
+    assert tk._uses_tma((aligned,), big) == hopper
+    assert not tk._uses_tma((aligned,), big - 1)  # too small to pay for the descriptors
+    assert not tk._uses_tma((unaligned,), big)
     shifted = aligned.flatten()[1:169].view(1, 1, 7, 24)  # base 2 bytes past an aligned one
-    assert not tk._uses_tma(shifted)
+    assert not tk._uses_tma((shifted,), big)
+
+
+def test_pairs_per_head_counts_computed_tiles():
+    pattern = patterns.bigbird(256, 32, 3, 1, 2, seed=0, num_heads=2)
+    kl = tk.kernel_layout(pattern, 32, DEVICE)
+    tiles = int(pattern.block_layout(32).sum())  # over both heads
+    assert kl.pairs_per_head == tiles * 32**2 // 2
 
 
 def test_bool_mask_per_head_batch_and_scale():
