@@ -17,8 +17,8 @@ tensor memory accelerator (TMA), a copy engine that moves the whole tile into sh
 by itself while the threads compute, and fills rows past seq_len with zeros. Elsewhere
 (older GPUs, rows not 16-byte aligned) every thread computes its addresses and loads its
 share: the pointer path. Both read the same tiles. Side by side on an H200 at n = 16384
-and 32768, the copy engine took 10-17% off the forward's time and 16-20% off the forward
-and backward's (``notebooks/results/gpu_tma_side_by_side.json``); on small calls the
+and 32768, the copy engine took 12-17% off the forward's time and 18-21% off the forward
+and backward's (``scripts/tma_side_by_side.py``); on small calls the
 descriptors' host cost outweighs that, so those keep the pointer path (``TMA_MIN_PAIRS``).
 
 Online softmax (base 2). For one query row, with scores s_j = scale * q . k_j, we keep a
