@@ -581,7 +581,7 @@ def _launch_config(kernel: str, block_size: int, head_dim: int) -> dict:
 # Making and passing the descriptors costs the host about 0.1 ms per forward call on the H200
 # machine; below about 2^28 computed (query, key) pairs the kernels finish sooner than that
 # and the call waits on the host. Side by side on the H200, BigBird's forward took 0.299 ms
-# with descriptors and 0.346 ms without at n = 16384 (4.3e8 pairs with B = 2, H = 16), but
+# with descriptors and 0.346 ms without at n = 16384 (3.3e8 pairs with B = 2, H = 16), but
 # 0.226 ms against 0.114 ms at n = 4096. USE_TMA = False: always the pointer path.
 USE_TMA = True
 TMA_MIN_PAIRS = 1 << 28
