@@ -66,6 +66,11 @@ def setto(name, value, measure=True):
     return w1 - w0, c1 - c0, w2 - w0
 
 
+def measured(control, values):
+    """Steps that set `control` to each of `values`, every one of them timed."""
+    return [(control, value, True) for value in values]
+
+
 def series(label, setup, steps):
     """setup: unmeasured (name, value) list; steps: (name, value, measure) list."""
     with e.hold():
@@ -101,10 +106,9 @@ print(f"load average before: {os.getloadavg()}", flush=True)
 series(
     "pattern (switch)",
     BIGBIRD,
-    [
-        ("pattern", p, True)
-        for p in ["longformer", "sliding_window", "dilated_window", "bigbird"] * R
-    ][: max(R, 4) * 1],
+    measured(
+        "pattern", (["longformer", "sliding_window", "dilated_window", "bigbird"] * R)[: max(R, 4)]
+    ),
 )
 series(
     "seq_len 2048 -> 4096",
@@ -124,57 +128,57 @@ series(
 series(
     "block_size (bigbird)",
     BIGBIRD,
-    [("block_size", b, True) for b in [32, 128, 64, 16, 64, 32, 128, 64][: max(R, 3) * 2]],
+    measured("block_size", [32, 128, 64, 16, 64, 32, 128, 64][: max(R, 3) * 2]),
 )
 series(
     "block_size (longformer)",
     LONGFORMER,
-    [("block_size", b, True) for b in [32, 128, 64, 16, 64, 32, 128, 64][: max(R, 3) * 2]],
+    measured("block_size", [32, 128, 64, 16, 64, 32, 128, 64][: max(R, 3) * 2]),
 )
 series(
     "window (longformer)",
     LONGFORMER,
-    [("window", w, True) for w in [128, 512, 256, 64, 1024][: R + 2]],
+    measured("window", [128, 512, 256, 64, 1024][: R + 2]),
 )
 series(
     "global_tokens (longformer)",
     LONGFORMER,
-    [("global_tokens", g, True) for g in [0, 8, 2, 32, 1][: R + 2]],
+    measured("global_tokens", [0, 8, 2, 32, 1][: R + 2]),
 )
 series(
     "dilation (dilated)",
     [("pattern", "dilated_window"), ("seq_len", 4096)],
-    [("dilation", d, True) for d in [3, 4, 2, 5, 6][: R + 2]],
+    measured("dilation", [3, 4, 2, 5, 6][: R + 2]),
 )
 series(
     "window_blocks (bigbird)",
     BIGBIRD,
-    [("window_blocks", w, True) for w in [5, 1, 3, 7, 9][: R + 2]],
+    measured("window_blocks", [5, 1, 3, 7, 9][: R + 2]),
 )
 series(
     "global_blocks (bigbird)",
     BIGBIRD,
-    [("global_blocks", g, True) for g in [1, 3, 0, 2, 4][: R + 2]],
+    measured("global_blocks", [1, 3, 0, 2, 4][: R + 2]),
 )
 series(
     "random_blocks (bigbird)",
     BIGBIRD,
-    [("random_blocks", r, True) for r in [2, 4, 1, 5, 3][: R + 2]],
+    measured("random_blocks", [2, 4, 1, 5, 3][: R + 2]),
 )
-series("seed (bigbird)", BIGBIRD, [("seed", s, True) for s in [5, 9, 13, 17, 21, 25][: R + 2]])
-series("head (bigbird)", BIGBIRD, [("head", h, True) for h in [1, 2, 3, 0, 1][: R + 2]])
-series("layers", BIGBIRD, [("layers", n, True) for n in [3, 4, 1, 5, 2][: R + 2]])
+series("seed (bigbird)", BIGBIRD, measured("seed", [5, 9, 13, 17, 21, 25][: R + 2]))
+series("head (bigbird)", BIGBIRD, measured("head", [1, 2, 3, 0, 1][: R + 2]))
+series("layers", BIGBIRD, measured("layers", [3, 4, 1, 5, 2][: R + 2]))
 series(
     "causal (bigbird)",
     BIGBIRD,
-    [("causal", c, True) for c in [True, False] * ((R + 1) // 2 + 1)][: R + 1],
+    measured("causal", ([True, False] * ((R + 1) // 2 + 1))[: R + 1]),
 )
 series(
     "causal (longformer)",
     LONGFORMER,
-    [("causal", c, True) for c in [True, False] * ((R + 1) // 2 + 1)][: R + 1],
+    measured("causal", ([True, False] * ((R + 1) // 2 + 1))[: R + 1]),
 )
-series("query", BIGBIRD, [("query", q, True) for q in [100, 3000, 2047, 4095, 7][: R + 2]])
+series("query", BIGBIRD, measured("query", [100, 3000, 2047, 4095, 7][: R + 2]))
 print(f"load average after: {os.getloadavg()}", flush=True)
 worst = max(rows, key=lambda row: statistics.median(row[1]))
 print(f"worst median (wall): {worst[0]} {1000 * statistics.median(worst[1]):.0f} ms")

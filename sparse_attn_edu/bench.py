@@ -269,16 +269,16 @@ def measure(args, method: str, n: int) -> dict:
     result["build_s"] = build_seconds(args, method, n, 5 if result["first_build_s"] < 1 else 2)
 
     modes = [("fwd", False)] + ([("fwd_bwd", True)] if args.backward else [])
-    for mode, grad in modes:
-        inputs = make_inputs(args, n, grad)
-        if method == "triton" and device.type == "cuda":
-            from . import triton_kernels
+    if method == "triton" and device.type == "cuda":
+        from . import triton_kernels
 
-            # How the kernels read tiles: Hopper's copy engine (TMA) or per-thread pointers.
-            kl = triton_kernels.kernel_layout(pattern, args.block_size, device)
-            tma = triton_kernels._uses_tma(inputs, kl.pairs_per_head * args.batch * args.heads)
-            result["tile_loads"] = "tma" if tma else "pointers"
-        call = make_call(fn, *inputs, grad)
+        # How the kernels read tiles: Hopper's copy engine (TMA) or per-thread pointers.
+        kl = triton_kernels.kernel_layout(pattern, args.block_size, device)
+        pairs = kl.pairs_per_head * args.batch * args.heads
+        tma = triton_kernels._uses_tma(make_inputs(args, n, False), pairs)
+        result["tile_loads"] = "tma" if tma else "pointers"
+    for mode, grad in modes:
+        call = make_call(fn, *make_inputs(args, n, grad), grad)
         start = time.perf_counter()
         try:
             call()  # warm-up: FlexAttention compiles here, caches fill

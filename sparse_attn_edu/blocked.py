@@ -194,16 +194,20 @@ def _step(layout: BlockSparseLayout, batch_heads: int, rows, first: int, last: i
     return _Step(rows, first, last, gather, ~mask, j * bs)
 
 
-def _scores_and_values(step: _Step, q_rows, k_flat, v_flat, dtype):
-    """Masked scores (BH, R, bs, C * bs) in `dtype` and the gathered values (BH, R, C*bs, D)."""
-    batch_heads, rows, bs, dim = q_rows.shape
-    keys = k_flat.index_select(0, step.gather).view(batch_heads, rows, -1, dim)
-    values = v_flat.index_select(0, step.gather).view(batch_heads, rows, -1, dim)
+def _gathered(step: _Step, tiles_flat, like: torch.Tensor, dtype) -> torch.Tensor:
+    """The step's listed key (or value) tiles: (BH, R, C * bs, D) in `dtype`."""
+    batch_heads, rows, _, dim = like.shape
+    return tiles_flat.index_select(0, step.gather).view(batch_heads, rows, -1, dim).to(dtype)
+
+
+def _scores(step: _Step, q_rows, k_flat, dtype):
+    """Masked scores (BH, R, bs, C * bs) in `dtype` of query blocks against the step's keys."""
+    keys = _gathered(step, k_flat, q_rows, q_rows.dtype)
     scores = (q_rows @ keys.transpose(-2, -1)).to(dtype)  # (BH, R, bs, C * bs)
     if step.masked_out is not None:
         # In place on the slots that need it (a view): the full slots are left untouched.
         scores[..., step.masked_from :].masked_fill_(step.masked_out, float("-inf"))
-    return scores, values.to(dtype)
+    return scores
 
 
 def _slot_chunk(batch_heads: int, rows: int, bs: int, width: int) -> int:
@@ -215,7 +219,8 @@ def _chunk_forward(steps: list[_Step], q_rows, k_flat, v_flat, acc_dtype):
     """Online softmax over the steps (key block slots) of one chunk of query blocks."""
     acc = total = row_max = None
     for step in steps:
-        scores, values = _scores_and_values(step, q_rows, k_flat, v_flat, acc_dtype)
+        scores = _scores(step, q_rows, k_flat, acc_dtype)
+        values = _gathered(step, v_flat, q_rows, acc_dtype)  # (BH, R, C * bs, D)
         step_max = scores.detach().amax(-1, keepdim=True)  # (BH, R, bs, 1)
         new_max = step_max if row_max is None else torch.maximum(row_max, step_max)
         # Shift by the new max; a row with nothing allowed yet (max -inf) by a finite number.
@@ -240,7 +245,7 @@ def _chunk_probs(steps: list[_Step], q_rows, k_flat, lse, acc_dtype):
     lse = lse.clamp(min=torch.finfo(acc_dtype).min).unsqueeze(-1)  # empty rows: p = 0
     parts = []
     for step in steps:
-        scores, _ = _scores_and_values(step, q_rows, k_flat, k_flat, acc_dtype)
+        scores = _scores(step, q_rows, k_flat, acc_dtype)
         p = torch.exp(scores - lse)  # (BH, R, bs, C * bs)
         parts.append(p.unflatten(-1, (-1, bs)).transpose(2, 3))  # (BH, R, C, bs, bs)
     return torch.cat(parts, dim=2)

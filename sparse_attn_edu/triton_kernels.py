@@ -559,7 +559,7 @@ def kernel_layout(
         counts, device = layout.host_counts, layout.kinds.device
         rows = work_list(counts[0], counts[1], max_tiles, device)
         cols = work_list(counts[2], counts[3], max_tiles, device)
-        pairs = int(counts[0].sum()) * block_size**2 // layout.num_layout_heads
+        pairs = layout.active_tiles * block_size**2 // layout.num_layout_heads
         cache[key] = KernelLayout(layout, rows, cols, masks, pairs)
     return cache[key]
 
