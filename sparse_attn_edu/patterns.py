@@ -27,6 +27,12 @@ How block kinds are found without an n x n tensor:
   few (the band's edges), so the cost stays O(n * w).
 
 Kinds: 0 = empty (skip), 1 = partial (needs the element mask), 2 = full (no mask needed).
+
+Parts. Most patterns are also a union of three simple parts (``Pattern.parts``): a set of
+allowed offsets i - j, a set of global tokens, and a layout of blocks. Window, causal and
+dilated patterns are the first, Longformer adds the second, BigBird is the third, and a
+union of such patterns is again one. Stage 4 builds its index lists on the GPU straight
+from these parts (``triton_layout.py``); a pattern without them takes the path above.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -67,6 +74,22 @@ def _block_bounds(seq_len: int, block_size: int, device=None) -> tuple[torch.Ten
 def _kinds(count: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """Tile kinds from allowed pairs per tile (`count`) out of `size`: 0, 1 or 2 as int8."""
     return (count > 0).to(torch.int8) + (count == size).to(torch.int8)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A pattern as a union of three simple parts, for patterns that are one:
+
+        allowed(h, i, j) = offsets(i - j)  or  i in tokens  or  j in tokens
+                           or  blocks.layout[h, i // b, j // b]      (b = blocks.block_size)
+
+    Each part may be missing (None, or no tokens). Knowing the parts, a tile's kind follows
+    from a few prefix sums, with no element test (``triton_layout.py``).
+    """
+
+    offsets: Callable | None = None  # bool tensor of offsets d = i - j -> bool tensor
+    tokens: tuple[int, ...] = ()  # global tokens: their rows and their columns
+    blocks: BlockPattern | None = None
 
 
 class Pattern(ABC):
@@ -103,6 +126,11 @@ class Pattern(ABC):
             return self._allows(q_idx, kv_idx, h)
 
         return mask_mod
+
+    def parts(self) -> Parts | None:
+        """This pattern as offsets | global tokens | blocks (``Parts``); None when it is not
+        such a union (a bool tensor, or an intersection with tokens or blocks in it)."""
+        return None
 
     # ---- materialized views (teaching sizes) ----------------------------------------
     @property
@@ -235,6 +263,9 @@ class OffsetPattern(Pattern):
     def _allows(self, q_idx, kv_idx, head):
         return self.allowed_offset(q_idx - kv_idx)
 
+    def parts(self) -> Parts:
+        return Parts(offsets=self.allowed_offset)
+
     def allowed_pairs(self, block_size: int | None = None) -> int:
         # Offset d occurs n - |d| times: an O(n) count instead of the tile scan.
         n = self.seq_len
@@ -291,6 +322,9 @@ class GlobalTokens(Pattern):
     def _allows(self, q_idx, kv_idx, head):
         return self._member(q_idx) | self._member(kv_idx)
 
+    def parts(self) -> Parts:
+        return Parts(tokens=self.tokens)
+
     def _block_kinds(self, block_size, device):
         n = self.seq_len
         nb = self.num_blocks(block_size)
@@ -327,6 +361,9 @@ class BlockPattern(Pattern):
         if layout.dim() == 2:
             return layout[qb, kb]
         return layout[head, qb, kb]
+
+    def parts(self) -> Parts:
+        return Parts(blocks=self)
 
     def _block_kinds(self, block_size, device):
         layout = self._on("layout", device)
@@ -415,6 +452,17 @@ class Union(Pattern):
     def _allows(self, q_idx, kv_idx, head):
         return self.a._allows(q_idx, kv_idx, head) | self.b._allows(q_idx, kv_idx, head)
 
+    def parts(self) -> Parts | None:
+        # A union of unions is one: offsets join offsets, tokens join tokens. Two block
+        # layouts are not merged (they may use different block sizes).
+        pa, pb = self.a.parts(), self.b.parts()
+        if pa is None or pb is None or (pa.blocks is not None and pb.blocks is not None):
+            return None
+        fa, fb = pa.offsets, pb.offsets
+        offsets = (lambda d: fa(d) | fb(d)) if fa and fb else fa or fb
+        tokens = tuple(sorted(set(pa.tokens) | set(pb.tokens)))
+        return Parts(offsets, tokens, pa.blocks or pb.blocks)
+
     def _block_kinds(self, block_size, device):
         ka = self.a.block_kinds(block_size, device)
         kb = self.b.block_kinds(block_size, device)
@@ -434,6 +482,17 @@ class Intersection(Union):
 
     def _allows(self, q_idx, kv_idx, head):
         return self.a._allows(q_idx, kv_idx, head) & self.b._allows(q_idx, kv_idx, head)
+
+    def parts(self) -> Parts | None:
+        # Offsets & offsets are offsets (window & causal); with tokens or blocks in either,
+        # the intersection is no longer a union of parts.
+        pa, pb = self.a.parts(), self.b.parts()
+        only_offsets = [p is not None and p.offsets and not p.tokens and p.blocks is None
+                        for p in (pa, pb)]  # fmt: skip
+        if not all(only_offsets):
+            return None
+        fa, fb = pa.offsets, pb.offsets
+        return Parts(offsets=lambda d: fa(d) & fb(d))
 
     def _block_kinds(self, block_size, device):
         ka = self.a.block_kinds(block_size, device)

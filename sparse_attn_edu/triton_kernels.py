@@ -472,62 +472,72 @@ class WorkList:
     num_slots: int  # scratch slots per (batch, head) for the pieces' partial results
 
 
-def work_list(
-    count: torch.Tensor, full_count: torch.Tensor, max_tiles: int, device: torch.device
-) -> WorkList:
-    """Cut each list (`count` (H', nb) entries, the first `full_count` of them full tiles;
-    both on the host) into pieces of at most `max_tiles` entries.
+def _plan(count: np.ndarray, full_count: np.ndarray, max_tiles: int) -> tuple:
+    """Work items of G groups of lists (`count`, `full_count`: (G, nb) entries per list,
+    full ones first): each list cut into pieces of at most `max_tiles` entries.
 
-    A block with one piece has slot -1 (its program writes the result); the pieces of a
-    longer block get consecutive scratch slots and one `merges` entry. Items are sorted
-    longest first (Graham's LPT rule), so long pieces do not start last and run alone.
-    Built with NumPy on the host: a few thousand integers, where on a GPU each small step
-    would be a kernel launch. Both tables go to `device` in one copy.
+    Returns items (G, I, 5) -- block, start, stop, slot, mid -- longest first in each
+    group, a shorter group repeating its last item; merges (G, M, 3) -- block, first slot,
+    pieces -- for the lists cut up, a shorter group padded with block -1 (no-op); the
+    items and merges of each group; and the scratch slots each group needs.
     """
-    heads, nb = count.shape
-    count = count.numpy().astype(np.int64).ravel()  # (H' * nb,)
-    full_count = full_count.numpy().astype(np.int64).ravel()
-    pieces = np.maximum((count + max_tiles - 1) // max_tiles, 1)  # an empty row writes zeros
-    owner = np.repeat(np.arange(heads * nb), pieces)  # (I_all,) the list each item cuts
-    first_item = np.cumsum(pieces) - pieces
-    start = (np.arange(len(owner)) - first_item[owner]) * max_tiles
-    stop = np.minimum(start + max_tiles, count[owner])
-    mid = np.clip(full_count[owner], start, stop)  # full tiles in [start, mid)
-    head, block = owner // nb, owner % nb
+    groups, nb = count.shape
+    count, full_count = count.ravel(), full_count.ravel()
+    pieces = np.maximum((count + max_tiles - 1) // max_tiles, 1)  # an empty list writes zeros
+    owner = np.repeat(np.arange(groups * nb), pieces)  # (I_all,) the list each item cuts
+    start = (np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * max_tiles
+    # Longest first in each group (Graham's LPT rule), so that long pieces do not start last
+    # and run alone; then one row per group, a shorter group repeating its last item.
+    order = np.lexsort((start - count[owner], owner // nb))
+    sizes = np.bincount(owner // nb, minlength=groups)
+    ends = np.cumsum(sizes)
+    take = order[np.minimum((ends - sizes)[:, None] + np.arange(sizes.max()), (ends - 1)[:, None])]
+    owner, start = owner[take], start[take]  # (G, I)
+    # Scratch slots: the pieces of cut lists numbered 0, 1, ... in each group.
+    cut = pieces > 1
+    slots = np.cumsum(np.where(cut, pieces, 0).reshape(groups, nb), 1)  # (G, nb)
+    first_slot = slots.ravel() - pieces
+    items = np.empty((*owner.shape, 5), dtype=np.int64)
+    items[..., 0] = owner % nb
+    items[..., 1] = start
+    items[..., 2] = np.minimum(start + max_tiles, count[owner])
+    items[..., 3] = np.where(cut[owner], first_slot[owner] + start // max_tiles, -1)
+    items[..., 4] = np.clip(full_count[owner], start, items[..., 2])  # full ones: [start, mid)
+    cut_lists = np.flatnonzero(cut)
+    merge_sizes = np.bincount(cut_lists // nb, minlength=groups)
+    place = np.arange(merge_sizes.max())
+    first_merge = (np.cumsum(merge_sizes) - merge_sizes)[:, None]
+    pick = np.where(place < merge_sizes[:, None], first_merge + place, -1)
+    merges = np.stack([cut_lists % nb, first_slot[cut_lists], pieces[cut_lists]], 1)
+    merges = np.concatenate([merges, [[-1, 0, 0]]])[pick]
+    return items, merges, sizes, merge_sizes, np.maximum(slots[:, -1], 1)
 
-    # Scratch slots: split items numbered consecutively within each head.
-    split = (pieces[owner] > 1).astype(np.int64)
-    per_head_split = np.bincount(head, weights=split, minlength=heads).astype(np.int64)
-    slot_all = np.cumsum(split) - split
-    slot = np.where(split > 0, slot_all - (np.cumsum(per_head_split) - per_head_split)[head], -1)
 
-    def per_head_table(rows: np.ndarray, row_head: np.ndarray, pad: np.ndarray) -> np.ndarray:
-        """`rows` (grouped by head) as (H', width, C); a shorter head repeats its `pad` row."""
-        sizes = np.bincount(row_head, minlength=heads)
-        if len(rows) == 0:
-            return np.zeros((heads, 0, rows.shape[1]), dtype=np.int64)
-        position = np.arange(sizes.max())
-        index = (np.cumsum(sizes) - sizes)[:, None] + position  # (H', width)
-        table = rows[np.minimum(index, len(rows) - 1)]
-        return np.where((position < sizes[:, None])[..., None], table, pad[:, None])
+def work_lists(host_counts: torch.Tensor, max_tiles: int, device) -> tuple[WorkList, WorkList]:
+    """The programs of the kernels that walk rows and of those that walk columns, from the
+    layout's host counts (4, H', nb); one plan for both, one copy to `device`.
 
-    # Longest first within each head. A head with fewer items repeats its last (shortest)
-    # one: that program recomputes and rewrites the same values, which is harmless.
-    order = np.argsort(head * (max_tiles + 1) + (max_tiles - (stop - start)), kind="stable")
-    items = np.stack([block, start, stop, slot, mid], 1)[order]
-    last = items[np.cumsum(np.bincount(head, minlength=heads)) - 1]  # (H', 5)
-    items = per_head_table(items, head[order], last)
-
-    cut = np.flatnonzero(pieces > 1)  # flat (head, block) ids of blocks cut in pieces
-    merges = np.stack([cut % nb, slot[first_item[cut]], pieces[cut]], 1)
-    no_op = np.broadcast_to(np.array([-1, 0, 0]), (heads, 3))  # block -1 stores nothing
-    merges = per_head_table(merges, cut // nb, no_op)
-
-    both = np.concatenate([items.ravel(), merges.ravel()]).astype(np.int32)
-    both = torch.from_numpy(both).to(device)  # one copy to the device
-    items_t = both[: items.size].view(items.shape)
-    merges_t = both[items.size :].view(merges.shape)
-    return WorkList(items_t, merges_t, max(int(per_head_split.max()), 1))
+    Built with NumPy on the host: a few thousand integers, where on a GPU each small step
+    would be a kernel launch.
+    """
+    counts = host_counts.numpy().astype(np.int64)
+    heads = counts.shape[1]
+    items, merges, sizes, merge_sizes, slots = _plan(
+        np.concatenate([counts[0], counts[2]]), np.concatenate([counts[1], counts[3]]), max_tiles
+    )
+    halves = (slice(0, heads), slice(heads, 2 * heads))  # rows, then columns
+    tables = []
+    for half in halves:  # each half as wide as its own longest group
+        tables += [items[half, : sizes[half].max()], merges[half, : merge_sizes[half].max()]]
+    flat = torch.from_numpy(np.concatenate([t.ravel() for t in tables]).astype(np.int32))
+    flat = flat.to(device)  # one copy to the device
+    views, offset = [], 0
+    for table in tables:
+        views.append(flat[offset : offset + table.size].view(table.shape))
+        offset += table.size
+    rows = WorkList(views[0], views[1], int(slots[halves[0]].max()))
+    cols = WorkList(views[2], views[3], int(slots[halves[1]].max()))
+    return rows, cols
 
 
 @dataclass(frozen=True)
@@ -552,13 +562,17 @@ def kernel_layout(
     cache = pattern.__dict__.setdefault("_kernel_layout_cache", {})
     key = (block_size, str(torch.device(device)), max_tiles)
     if key not in cache:
-        layout = build_layout(pattern, block_size, device)
+        # The layout from the pattern's parts, by three Triton kernels (triton_layout.py),
+        # or, for a pattern that is no union of parts, by layout.py's PyTorch operations.
+        from . import triton_layout  # not at the top: it imports this module first
+
+        device = torch.device(device)
+        layout = triton_layout.build_layout(pattern, block_size, device)
+        layout = layout or build_layout(pattern, block_size, device)
         masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
         if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
             masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)
-        counts, device = layout.host_counts, layout.kinds.device
-        rows = work_list(counts[0], counts[1], max_tiles, device)
-        cols = work_list(counts[2], counts[3], max_tiles, device)
+        rows, cols = work_lists(layout.host_counts, max_tiles, device)
         pairs = layout.active_tiles * block_size**2 // layout.num_layout_heads
         cache[key] = KernelLayout(layout, rows, cols, masks, pairs)
     return cache[key]

@@ -484,3 +484,47 @@ def test_global_tokens_are_grouped_in_runs_and_both_membership_tests_agree():
         p = patterns.global_tokens(60, tokens)
         expected = brute_force(60, lambda i, j, t=set(tokens): i in t or j in t)
         assert torch.equal(p.mask, expected), tokens
+
+
+# ---- parts: offsets | tokens | blocks -------------------------------------------------
+
+
+def mask_from_parts(parts: patterns.Parts, n: int) -> torch.Tensor:
+    """Bool (H', n, n) from the definition in Parts' docstring, written out here."""
+    i, j = torch.arange(n).view(n, 1), torch.arange(n).view(1, n)
+    mask = torch.zeros(1, n, n, dtype=torch.bool)
+    if parts.offsets is not None:
+        mask |= parts.offsets(i - j)
+    is_global = torch.zeros(n, dtype=torch.bool)
+    is_global[list(parts.tokens)] = True
+    mask |= is_global.view(n, 1) | is_global.view(1, n)
+    if parts.blocks is not None:
+        layout, b = parts.blocks.layout, parts.blocks.block_size
+        layout = layout if layout.dim() == 3 else layout.unsqueeze(0)
+        mask = mask | layout[:, i // b, j // b]
+    return mask
+
+
+@SETTINGS
+@given(case=any_pattern())
+def test_parts_describe_the_same_mask(case):
+    p, ref = case
+    parts = p.parts()
+    if parts is not None:
+        ref3 = ref if ref.dim() == 3 else ref.unsqueeze(0)
+        got = mask_from_parts(parts, p.seq_len)
+        assert torch.equal(got.expand_as(ref3), ref3.expand_as(got)), repr(p)
+
+
+def test_which_patterns_have_parts():
+    n = 20
+    window, tokens = patterns.sliding_window(n, 4), patterns.global_tokens(n, [3])
+    bigbird = patterns.bigbird(n, 4, 1, 1, 0)
+    has = [window, tokens, bigbird, window | tokens | bigbird, window & patterns.causal(n),
+           patterns.longformer(n, 4, [0, 7]),
+           patterns.dilated_window(n, 4, 2) | tokens]  # fmt: skip
+    lacks = [patterns.as_pattern(window.mask), window & tokens, bigbird | bigbird,
+             bigbird & window, window | patterns.as_pattern(window.mask)]  # fmt: skip
+    assert all(p.parts() is not None for p in has)
+    assert all(p.parts() is None for p in lacks)
+    assert patterns.longformer(n, 4, [0, 7, 1]).parts().tokens == (0, 1, 7)

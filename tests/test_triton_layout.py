@@ -1,0 +1,95 @@
+"""Stage 4's index build (three Triton kernels) against layout.py's PyTorch build.
+
+layout.py's lists, kinds and tile masks are checked against the materialized mask in
+test_layout.py; here the kernels must reproduce every one of them exactly, for every
+pattern that is a union of parts. Without a CUDA device the kernels run in the Triton
+interpreter on tiny shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+# Imported before anything else imports triton: it switches on the interpreter without CUDA.
+tk = pytest.importorskip("sparse_attn_edu.triton_kernels")
+
+from sparse_attn_edu import patterns, triton_layout  # noqa: E402
+from sparse_attn_edu.layout import build_layout  # noqa: E402
+from sparse_attn_edu.patterns import PARTIAL  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+FIELDS = ("kinds", "row_count", "row_full_count", "row_index", "row_tile", "col_count",
+          "col_full_count", "col_index", "col_tile", "tile_masks", "host_counts")  # fmt: skip
+
+
+def assert_same_layout(ours, reference, label):
+    for name in FIELDS:
+        a, b = getattr(ours, name).cpu(), getattr(reference, name).cpu()
+        assert a.shape == b.shape and torch.equal(a, b), f"{label}: {name} differs"
+
+
+def zoo(n: int, draw) -> list:
+    window = draw(st.integers(1, max(1, n // 2))) * 2
+    tokens = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=3))
+    return [
+        patterns.sliding_window(n, window),
+        patterns.longformer(n, window, tokens),
+        patterns.dilated_window(n, window, draw(st.integers(1, 3))),
+        patterns.causal(n),
+        patterns.dense(n),
+        patterns.global_tokens(n, tokens),
+        patterns.sliding_window(n, window) & patterns.causal(n),
+        patterns.dilated_window(n, window, 2) | patterns.global_tokens(n, tokens),
+    ]
+
+
+# Few examples: in the interpreter each pattern costs about a second.
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(1, 40), block_size=st.sampled_from([2, 3, 5, 8, 12, 16]), data=st.data())
+def test_kernels_build_the_same_layout(n, block_size, data):
+    bigbird_heads = data.draw(st.sampled_from([None, 2]))
+    nbb = math.ceil(n / block_size)
+    seed = data.draw(st.integers(0, 9))
+    bigbird = patterns.bigbird(
+        n, block_size, 1, min(1, nbb), int(nbb >= 4), seed=seed, num_heads=bigbird_heads
+    )
+    for p in [*zoo(n, data.draw), bigbird, bigbird | patterns.sliding_window(n, 2)]:
+        ours = triton_layout.build_layout(p, block_size, DEVICE)
+        assert ours is not None, repr(p)
+        assert_same_layout(ours, build_layout(p, block_size, DEVICE), repr(p))
+
+
+def test_unsure_tiles_are_tested_element_by_element():
+    # Token 0 makes block 0 partly global, the window's edge tiles are partial too: where
+    # both meet, only the elements can tell the kind.
+    n, bs = 48, 8
+    window, tokens = patterns.sliding_window(n, 10), patterns.global_tokens(n, [0, 20])
+    both = (window.block_kinds(bs) == PARTIAL) & (tokens.block_kinds(bs) == PARTIAL)
+    assert both.sum() > 0
+    p = window | tokens
+    assert_same_layout(triton_layout.build_layout(p, bs, DEVICE), build_layout(p, bs), "unsure")
+
+
+def test_patterns_without_parts_are_left_to_layout_py():
+    n = 32
+    mask = patterns.sliding_window(n, 4).mask
+    assert triton_layout.build_layout(patterns.as_pattern(mask), 8, DEVICE) is None
+    # BigBird's blocks at another tile size cover several blocks (or part of one).
+    assert triton_layout.build_layout(patterns.bigbird(n, 4, 1, 1, 0), 8, DEVICE) is None
+
+
+def test_kernel_layout_takes_the_triton_build(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("layout.py's build was called for a pattern with parts")
+
+    monkeypatch.setattr(tk, "build_layout", refuse)
+    p = patterns.longformer(70, 8, (0, 33))
+    kl = tk.kernel_layout(p, 16, DEVICE)
+    assert_same_layout(kl.layout, build_layout(p, 16), "kernel_layout")
+    with pytest.raises(AssertionError, match="layout.py's build"):
+        tk.kernel_layout(patterns.as_pattern(p.mask), 16, DEVICE)
