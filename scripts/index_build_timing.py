@@ -1,0 +1,101 @@
+"""The index build on a GPU, side by side: layout.py's PyTorch operations against
+triton_layout.py's kernels, and both against one forward+backward pass.
+
+Run on a CUDA machine from the repository root (``PYTHONPATH=. python
+scripts/index_build_timing.py``); writes ``$OUT/gpu_index_build.json`` (or the current
+folder). Every build starts from a fresh pattern (caches empty) after a first build has
+compiled the kernels; times are medians with a synchronize before and after. It also
+checks that both builds give the same layout, field by field.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import time
+
+import torch
+import triton
+
+from sparse_attn_edu import patterns, triton_layout
+from sparse_attn_edu import triton_kernels as tk
+from sparse_attn_edu.layout import build_layout
+
+DEVICE = torch.device("cuda")
+FIELDS = ("kinds", "row_count", "row_full_count", "row_index", "row_tile", "col_count",
+          "col_full_count", "col_index", "col_tile", "tile_masks", "host_counts")  # fmt: skip
+PATTERNS = {
+    "longformer": lambda n: patterns.longformer(n, 512, tuple(range(128))),
+    "longformer_one_global": lambda n: patterns.longformer(n, 512, (0,)),
+    "bigbird": lambda n: patterns.bigbird(n, 64, 3, 2, 3, seed=0),
+}
+
+
+def median_ms(build, make, repeats: int) -> float:
+    """Median time of build(fresh pattern), with the device idle before and after."""
+    times = []
+    for pattern in [make() for _ in range(repeats)]:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        build(pattern)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def measure(factory, n: int) -> dict:
+    """One pattern at one n: both builds, their agreement, and one forward+backward."""
+
+    def make():
+        return factory(n)
+
+    fast, slow = triton_layout.build_layout(make(), 64, DEVICE), build_layout(make(), 64, DEVICE)
+    tk.kernel_layout(make(), 64, DEVICE)  # compiles the kernels
+    batch = 1 if n > 32768 else 2
+    q, k, v = (torch.randn(batch, 16, n, 64, device=DEVICE, dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))  # fmt: skip
+    grad, pattern = torch.randn_like(q), make()
+    row = {
+        "same_layout": all(torch.equal(getattr(fast, f), getattr(slow, f)) for f in FIELDS),
+        "batch": batch,
+        "kernel_layout_ms": median_ms(lambda p: tk.kernel_layout(p, 64, DEVICE), make, 15),
+        "triton_layout_ms": median_ms(
+            lambda p: triton_layout.build_layout(p, 64, DEVICE), make, 15
+        ),
+        "work_lists_ms": median_ms(lambda p: tk.work_lists(fast.host_counts, 64, DEVICE), make, 15),
+        "layout_py_ms": median_ms(lambda p: build_layout(p, 64, DEVICE), make, 7),
+        "fwd_bwd_ms": triton.testing.do_bench(
+            lambda: tk.attention(q, k, v, pattern).backward(grad),
+            warmup=25,
+            rep=200,
+            return_mode="median",
+        ),  # fmt: skip
+    }
+    row["build_share_of_fwd_bwd"] = row["kernel_layout_ms"] / row["fwd_bwd_ms"]
+    return row
+
+
+def main() -> None:
+    results = {}
+    for name, factory in PATTERNS.items():
+        for n in (16384, 32768, 131072):
+            results[f"{name}/{n}"] = row = measure(factory, n)
+            print(name, n, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+    report = {
+        "what": __doc__.split("\n\n")[0].replace("\n", " "),
+        "command": "PYTHONPATH=. python scripts/index_build_timing.py",
+        "device": torch.cuda.get_device_name(),
+        "versions": {"torch": torch.__version__, "triton": triton.__version__},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "shapes": "bf16, H=16, D=64, block 64; B=2 (B=1 at n=131072); Longformer w=512",
+        "results": results,
+    }
+    path = os.path.join(os.environ.get("OUT", "."), "gpu_index_build.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
