@@ -50,6 +50,10 @@ than MAX_TILES_PER_PROGRAM is cut in pieces run by separate programs, whose part
 results a small kernel merges (the same online-softmax update for the output, a plain sum
 for the gradients), and programs are launched longest first (Graham's LPT rule).
 
+The index lists themselves are built once per pattern and cached (``kernel_layout``): by
+three more kernels in ``triton_layout.py`` when the pattern is a union of parts (windows,
+global tokens, BigBird's blocks), else by ``layout.py``; the work lists above by NumPy.
+
 Without a CUDA device, this module sets ``TRITON_INTERPRET=1`` before any kernel is
 defined, so the same kernels run in Triton's interpreter on CPU tensors (slowly: tiny
 shapes only).
