@@ -55,8 +55,8 @@ _EMPTY, _PARTIAL, _FULL, _UNSURE = (tl.constexpr(k) for k in (EMPTY, PARTIAL, FU
 
 
 @triton.jit
-def _tile_kinds(r, c, h, offset_prefix, token_prefix, blocks, N, NB,
-                BS: tl.constexpr, HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr,
+def _tile_kinds(r, c, h, offset_prefix, token_prefix, blocks, N, NB, BS,
+                HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr,
                 HAS_BLOCKS: tl.constexpr):  # fmt: skip
     """Kinds of the tiles (r, c) of layout head h; r or c is a vector of blocks < NB."""
     qs = r * BS
@@ -128,12 +128,12 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, token_prefix, blocks, N
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     other = tl.arange(0, BLOCK_NB)  # the blocks across this row (or down this column)
     ok = other < NB
-    inside = tl.minimum(other, NB - 1)  # past NB: a real block's kind, then dropped
+    clamped = tl.minimum(other, NB - 1)  # past NB: a real block's kind, then dropped
     if column == 0:
-        kind = _tile_kinds(b, inside, h, offset_prefix, token_prefix, blocks, N, NB,
+        kind = _tile_kinds(b, clamped, h, offset_prefix, token_prefix, blocks, N, NB,
                            BS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
     else:
-        kind = _tile_kinds(inside, b, h, offset_prefix, token_prefix, blocks, N, NB,
+        kind = _tile_kinds(clamped, b, h, offset_prefix, token_prefix, blocks, N, NB,
                            BS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
     kind = tl.where(ok, kind, _EMPTY)
     # Unsure tiles (rare: a few per row, in few rows) are tested element by element,
@@ -253,8 +253,9 @@ def build_layout(
     )  # fmt: skip
     host_counts = counts.cpu()  # the one wait for the device
     partial = (host_counts[0] - host_counts[1]).flatten().numpy()  # (heads * nb,) per row
-    tile_base = np.cumsum(partial, dtype=np.int64) - partial
     num_partial = int(partial.sum())
+    # Where each row's partial tiles start in tile_masks: row by row, as layout.py numbers them.
+    tile_base = torch.from_numpy((np.cumsum(partial) - partial).astype(np.int32)).to(device)
     max_row, max_col = max(int(host_counts[0].max()), 1), max(int(host_counts[2].max()), 1)
 
     row_index = torch.empty(heads, nb, max_row, dtype=torch.int32, device=device)
@@ -263,9 +264,8 @@ def build_layout(
     col_tile = torch.empty_like(col_index)
     coords = torch.empty(max(num_partial, 1), 2, dtype=torch.int32, device=device)
     _lists_kernel[(nb, heads, 2)](
-        kinds, rank, torch.from_numpy(tile_base.astype(np.int32)).to(device),
-        row_index, row_tile, col_index, col_tile, coords, counts, nb, heads, max_row, max_col,
-        BLOCK_NB=block_nb,
+        kinds, rank, tile_base, row_index, row_tile, col_index, col_tile, coords, counts,
+        nb, heads, max_row, max_col, BLOCK_NB=block_nb,
     )  # fmt: skip
     masks = torch.empty(num_partial, bs, bs, dtype=torch.uint8, device=device)
     if num_partial:
