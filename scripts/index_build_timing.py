@@ -51,7 +51,10 @@ def measure(factory, n: int) -> dict:
     def make():
         return factory(n)
 
-    fast, slow = triton_layout.build_layout(make(), 64, DEVICE), build_layout(make(), 64, DEVICE)
+    fast, slow = (
+        triton_layout.build_layout_from_parts(make(), 64, DEVICE),
+        build_layout(make(), 64, DEVICE),
+    )
     tk.kernel_layout(make(), 64, DEVICE)  # compiles the kernels
     batch = 1 if n > 32768 else 2
     q, k, v = (torch.randn(batch, 16, n, 64, device=DEVICE, dtype=torch.bfloat16,
@@ -62,7 +65,7 @@ def measure(factory, n: int) -> dict:
         "batch": batch,
         "kernel_layout_ms": median_ms(lambda p: tk.kernel_layout(p, 64, DEVICE), make, 15),
         "triton_layout_ms": median_ms(
-            lambda p: triton_layout.build_layout(p, 64, DEVICE), make, 15
+            lambda p: triton_layout.build_layout_from_parts(p, 64, DEVICE), make, 15
         ),
         "work_lists_ms": median_ms(lambda p: tk.work_lists(fast.host_counts, 64, DEVICE), make, 15),
         "layout_py_ms": median_ms(lambda p: build_layout(p, 64, DEVICE), make, 7),

@@ -31,8 +31,9 @@ Kinds: 0 = empty (skip), 1 = partial (needs the element mask), 2 = full (no mask
 Parts. Most patterns are also a union of three simple parts (``Pattern.parts``): a set of
 allowed offsets i - j, a set of global tokens, and a layout of blocks. Window, causal and
 dilated patterns are the first, Longformer adds the second, BigBird is the third, and a
-union of such patterns is again one. Stage 4 builds its index lists on the GPU straight
-from these parts (``triton_layout.py``); a pattern without them takes the path above.
+union of such patterns is again one (unless both hold a block layout). Stage 4 builds its
+index lists on the GPU straight from these parts (``triton_layout.py``); a pattern without
+them takes the path above.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Parts:
     from a few prefix sums, with no element test (``triton_layout.py``).
     """
 
-    offsets: Callable | None = None  # bool tensor of offsets d = i - j -> bool tensor
+    offsets: Callable | None = None  # int tensor of offsets d = i - j -> bool tensor
     tokens: tuple[int, ...] = ()  # global tokens: their rows and their columns
     blocks: BlockPattern | None = None
 
@@ -129,7 +130,8 @@ class Pattern(ABC):
 
     def parts(self) -> Parts | None:
         """This pattern as offsets | global tokens | blocks (``Parts``); None when it is not
-        such a union (a bool tensor, or an intersection with tokens or blocks in it)."""
+        such a union (a bool tensor, an intersection with tokens or blocks in it, or a union
+        of two block layouts)."""
         return None
 
     # ---- materialized views (teaching sizes) ----------------------------------------
@@ -348,7 +350,7 @@ class BlockPattern(Pattern):
         num_heads = layout.shape[0] if layout.dim() == 3 else None
         super().__init__(seq_len, num_heads)
         self.block_size = block_size
-        self.layout = layout.bool()  # (nbb, nbb) or (H, nbb, nbb)
+        self.layout = layout.bool().contiguous()  # (nbb, nbb) or (H, nbb, nbb), row-major
         self.code = code or f"BlockPattern({seq_len}, {block_size}, layout)"
 
     @property

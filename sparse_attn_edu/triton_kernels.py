@@ -52,7 +52,8 @@ for the gradients), and programs are launched longest first (Graham's LPT rule).
 
 The index lists themselves are built once per pattern and cached (``kernel_layout``): by
 three more kernels in ``triton_layout.py`` when the pattern is a union of parts (windows,
-global tokens, BigBird's blocks), else by ``layout.py``; the work lists above by NumPy.
+global tokens, BigBird's blocks at their own block size), else by ``layout.py``; the work
+lists above by NumPy.
 
 Without a CUDA device, this module sets ``TRITON_INTERPRET=1`` before any kernel is
 defined, so the same kernels run in Triton's interpreter on CPU tensors (slowly: tiny
@@ -482,8 +483,9 @@ def _plan(count: np.ndarray, full_count: np.ndarray, max_tiles: int) -> tuple:
 
     Returns items (G, I, 5) -- block, start, stop, slot, mid -- longest first in each
     group, a shorter group repeating its last item; merges (G, M, 3) -- block, first slot,
-    pieces -- for the lists cut up, a shorter group padded with block -1 (no-op); the
-    items and merges of each group; and the scratch slots each group needs.
+    pieces -- for the lists cut up, a shorter group padded with block -1 (no-op); how many
+    items and merges each group has; and the scratch slots each group needs. An item of a
+    list not cut has slot -1: its program writes the result itself.
     """
     groups, nb = count.shape
     count, full_count = count.ravel(), full_count.ravel()
@@ -491,7 +493,8 @@ def _plan(count: np.ndarray, full_count: np.ndarray, max_tiles: int) -> tuple:
     owner = np.repeat(np.arange(groups * nb), pieces)  # (I_all,) the list each item cuts
     start = (np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * max_tiles
     # Longest first in each group (Graham's LPT rule), so that long pieces do not start last
-    # and run alone; then one row per group, a shorter group repeating its last item.
+    # and run alone: a piece's length, min(max_tiles, count - start), grows with what is left
+    # of its list, count - start. Then one row per group, a shorter group repeating its last.
     order = np.lexsort((start - count[owner], owner // nb))
     sizes = np.bincount(owner // nb, minlength=groups)
     ends = np.cumsum(sizes)
@@ -571,8 +574,9 @@ def kernel_layout(
         from . import triton_layout  # not at the top: it imports this module first
 
         device = torch.device(device)
-        layout = triton_layout.build_layout(pattern, block_size, device)
-        layout = layout or build_layout(pattern, block_size, device)
+        layout = triton_layout.build_layout_from_parts(pattern, block_size, device)
+        if layout is None:
+            layout = build_layout(pattern, block_size, device)
         masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
         if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
             masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)

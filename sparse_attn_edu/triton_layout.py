@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 # First: triton_kernels decides between the GPU and the interpreter before triton loads.
-from . import triton_kernels as _setup  # noqa: F401
+from . import triton_kernels as _setup
 from .layout import BlockSparseLayout
-from .patterns import EMPTY, FULL, PARTIAL, Pattern
+from .patterns import EMPTY, FULL, PARTIAL, Pattern, _check_positive_int
 
 # isort: split
 import triton
@@ -63,7 +63,7 @@ def _tile_kinds(r, c, h, offset_prefix, token_prefix, blocks, N, NB, BS,
     qe = tl.minimum(qs + BS, N) - 1  # the last block may be short
     ks = c * BS
     ke = tl.minimum(ks + BS, N) - 1
-    filled = (qs < 0) & (ks < 0)  # all False, shaped like the vector among r and c
+    filled = tl.zeros_like(qs + ks) != 0  # all False, shaped like whichever is a vector
     touched = filled.to(tl.int32)  # how many parts allow some pair of the tile
     if HAS_OFFSETS:
         # offset_prefix[k] = allowed offsets among the k smallest, -(N - 1), ..., k - N.
@@ -136,8 +136,9 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, token_prefix, blocks, N
         kind = _tile_kinds(clamped, b, h, offset_prefix, token_prefix, blocks, N, NB,
                            BS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
     kind = tl.where(ok, kind, _EMPTY)
-    # Unsure tiles (rare: a few per row, in few rows) are tested element by element,
-    # leftmost first, until none is left.
+    # Unsure tiles are tested element by element, leftmost first, until none is left (by
+    # the row's program and again by the column's). For Longformer they are few: where a
+    # partly global block meets the window's edge.
     for _ in range(tl.sum((kind == _UNSURE).to(tl.int32), 0)):
         o = tl.min(tl.where(kind == _UNSURE, other, BLOCK_NB), 0)
         r, c = b, o
@@ -212,22 +213,31 @@ def _masks_kernel(masks, coords, offset_prefix, token_prefix, N, BS,
     allowed = _tile_mask(r, c, offset_prefix, token_prefix, N, BS,
                          BLOCK_BS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
     a = tl.arange(0, BLOCK_BS)
-    offsets = (t.to(tl.int64) * BS + a[:, None]) * BS + a[None, :]
-    tl.store(masks + offsets, allowed.to(tl.uint8), mask=(a < BS)[:, None] & (a < BS)[None, :])
+    addr = (t.to(tl.int64) * BS + a[:, None]) * BS + a[None, :]
+    tl.store(masks + addr, allowed.to(tl.uint8), mask=(a < BS)[:, None] & (a < BS)[None, :])
 
 
-def build_layout(
-    pattern: Pattern, block_size: int, device: torch.device
+def build_layout_from_parts(
+    pattern: Pattern, block_size: int, device: torch.device | str
 ) -> BlockSparseLayout | None:
-    """``layout.build_layout(pattern, block_size, device)`` made by the kernels above; None
-    when the pattern is no union of parts at this block size (then use that one)."""
+    """``layout.build_layout(pattern, block_size, device)`` made by the kernels above (not
+    cached: ``triton_kernels.kernel_layout`` caches). None when that one must build it:
+    the pattern is no union of parts at this block size, `device` is not where the kernels
+    run, or a flat tile index would not fit in int32.
+    """
+    block_size = _check_positive_int("block_size", block_size)
+    device = torch.device(device)
     parts = pattern.parts()
     blocks = parts.blocks if parts is not None else None
     if parts is None or (blocks is not None and blocks.block_size != block_size):
         return None
+    if device.type != ("cpu" if _setup.INTERPRETED else "cuda"):
+        return None
     n, bs = pattern.seq_len, block_size
     nb = triton.cdiv(n, bs)
     heads = blocks.layout.shape[0] if blocks is not None and blocks.layout.dim() == 3 else 1
+    if heads * nb * nb >= 2**31:  # the kernels index tiles with int32
+        return None
     dummy = torch.zeros(1, dtype=torch.int32, device=device)  # for a part that is missing
 
     offset_prefix = dummy

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -195,3 +196,45 @@ def test_long_lists_cut_in_pieces_and_merged(monkeypatch, pattern):
     ours, reference = compare(pattern, 1, 2, n, 16, torch.float32, 16)
     assert_close(ours, reference, torch.float32)
     assert tk.kernel_layout(pattern, 16, DEVICE, 1).rows.merges.shape[1] > 0  # really split
+
+
+def plan_by_loops(count, full_count, max_tiles):
+    """Items (a set), merges and scratch slots of each group, one list at a time."""
+    plans = []
+    for counts, fulls in zip(count.tolist(), full_count.tolist(), strict=True):
+        items, merges, slot = set(), [], 0
+        for block, (c, f) in enumerate(zip(counts, fulls, strict=True)):
+            pieces = max(-(-c // max_tiles), 1)
+            if pieces > 1:
+                merges.append([block, slot, pieces])
+            for k in range(pieces):
+                start, stop = k * max_tiles, min(k * max_tiles + max_tiles, c)
+                items.add(
+                    (block, start, stop, slot + k if pieces > 1 else -1, min(max(f, start), stop))
+                )
+            slot += pieces if pieces > 1 else 0
+        plans.append((items, merges, max(slot, 1)))
+    return plans
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    groups=st.integers(1, 4),
+    nb=st.integers(1, 9),
+    max_tiles=st.integers(1, 4),
+    data=st.data(),
+)
+def test_work_plan_against_loops(groups, nb, max_tiles, data):
+    count = np.array(data.draw(st.lists(st.lists(st.integers(0, 12), min_size=nb, max_size=nb),
+                                        min_size=groups, max_size=groups)))  # fmt: skip
+    full_count = np.array([[data.draw(st.integers(0, c)) for c in row] for row in count])
+    items, merges, sizes, merge_sizes, slots = tk._plan(count, full_count, max_tiles)
+    for g, (ref_items, ref_merges, ref_slots) in enumerate(
+        plan_by_loops(count, full_count, max_tiles)
+    ):
+        assert {tuple(i) for i in items[g, : sizes[g]].tolist()} == ref_items
+        assert len(ref_items) == sizes[g]  # each item once
+        assert (items[g, sizes[g] :] == items[g, sizes[g] - 1]).all()  # padding repeats
+        assert merges[g, : merge_sizes[g]].tolist() == ref_merges
+        assert (merges[g, merge_sizes[g] :] == [-1, 0, 0]).all()  # padding does nothing
+        assert slots[g] == ref_slots

@@ -20,7 +20,7 @@ tk = pytest.importorskip("sparse_attn_edu.triton_kernels")
 
 from sparse_attn_edu import patterns, triton_layout  # noqa: E402
 from sparse_attn_edu.layout import build_layout  # noqa: E402
-from sparse_attn_edu.patterns import PARTIAL  # noqa: E402
+from sparse_attn_edu.patterns import FULL, PARTIAL  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FIELDS = ("kinds", "row_count", "row_full_count", "row_index", "row_tile", "col_count",
@@ -59,7 +59,7 @@ def test_kernels_build_the_same_layout(n, block_size, data):
         n, block_size, 1, min(1, nbb), int(nbb >= 4), seed=seed, num_heads=bigbird_heads
     )
     for p in [*zoo(n, data.draw), bigbird, bigbird | patterns.sliding_window(n, 2)]:
-        ours = triton_layout.build_layout(p, block_size, DEVICE)
+        ours = triton_layout.build_layout_from_parts(p, block_size, DEVICE)
         assert ours is not None, repr(p)
         assert_same_layout(ours, build_layout(p, block_size, DEVICE), repr(p))
 
@@ -72,15 +72,17 @@ def test_unsure_tiles_are_tested_element_by_element():
     both = (window.block_kinds(bs) == PARTIAL) & (tokens.block_kinds(bs) == PARTIAL)
     assert both.sum() > 0
     p = window | tokens
-    assert_same_layout(triton_layout.build_layout(p, bs, DEVICE), build_layout(p, bs), "unsure")
+    assert_same_layout(
+        triton_layout.build_layout_from_parts(p, bs, DEVICE), build_layout(p, bs), "unsure"
+    )
 
 
 def test_patterns_without_parts_are_left_to_layout_py():
     n = 32
     mask = patterns.sliding_window(n, 4).mask
-    assert triton_layout.build_layout(patterns.as_pattern(mask), 8, DEVICE) is None
+    assert triton_layout.build_layout_from_parts(patterns.as_pattern(mask), 8, DEVICE) is None
     # BigBird's blocks at another tile size cover several blocks (or part of one).
-    assert triton_layout.build_layout(patterns.bigbird(n, 4, 1, 1, 0), 8, DEVICE) is None
+    assert triton_layout.build_layout_from_parts(patterns.bigbird(n, 4, 1, 1, 0), 8, DEVICE) is None
 
 
 def test_kernel_layout_takes_the_triton_build(monkeypatch):
@@ -93,3 +95,42 @@ def test_kernel_layout_takes_the_triton_build(monkeypatch):
     assert_same_layout(kl.layout, build_layout(p, 16), "kernel_layout")
     with pytest.raises(AssertionError, match="layout.py's build"):
         tk.kernel_layout(patterns.as_pattern(p.mask), 16, DEVICE)
+
+
+def test_unsure_tile_that_two_parts_fill():
+    # Tile (0, 0) at bs = 3: the window allows |i - j| <= 1, token 0 its row and column;
+    # neither fills the tile, together they do: only the element test finds it full.
+    window, token = patterns.sliding_window(9, 2), patterns.global_tokens(9, [0])
+    assert window.block_kinds(3)[0, 0] == PARTIAL and token.block_kinds(3)[0, 0] == PARTIAL
+    ours = triton_layout.build_layout_from_parts(window | token, 3, DEVICE)
+    assert ours.kinds[0, 0, 0] == FULL
+    assert_same_layout(ours, build_layout(window | token, 3), "filled by two parts")
+
+
+@pytest.mark.parametrize(
+    "pattern, block_size",
+    [
+        (patterns.sliding_window(1, 2), 1),
+        (patterns.longformer(1, 2, (0,)), 4),
+        (patterns.longformer(13, 4, (12,)), 1),  # block size 1, token at the last position
+        (patterns.longformer(13, 4, (12,)), 5),  # ... and in a short last block
+        (patterns.bigbird(5, 8, 1, 1, 0), 8),  # one short block
+        (
+            patterns.BlockPattern(20, 4, patterns.bigbird(20, 4, 3, 1, 1).layout.expand(3, -1, -1)),
+            4,
+        ),
+        (patterns.BlockPattern(20, 4, patterns.bigbird(20, 4, 3, 1, 1).layout.mT), 4),
+    ],
+    ids=[
+        "n1",
+        "n1_bs4",
+        "bs1_last_token",
+        "short_last_block",
+        "one_block",
+        "expanded",
+        "transposed",
+    ],
+)
+def test_edge_cases(pattern, block_size):
+    ours = triton_layout.build_layout_from_parts(pattern, block_size, DEVICE)
+    assert_same_layout(ours, build_layout(pattern, block_size), repr(pattern))
