@@ -125,60 +125,27 @@ series(
     BIGBIRD,
     [s for i in range(R) for s in [("seq_len", 2048, True), ("seq_len", 4096, False)]],
 )
-series(
-    "block_size (bigbird)",
-    BIGBIRD,
-    measured("block_size", [32, 128, 64, 16, 64, 32, 128, 64][: max(R, 3) * 2]),
-)
-series(
-    "block_size (longformer)",
-    LONGFORMER,
-    measured("block_size", [32, 128, 64, 16, 64, 32, 128, 64][: max(R, 3) * 2]),
-)
-series(
-    "window (longformer)",
-    LONGFORMER,
-    measured("window", [128, 512, 256, 64, 1024][: R + 2]),
-)
-series(
-    "global_tokens (longformer)",
-    LONGFORMER,
-    measured("global_tokens", [0, 8, 2, 32, 1][: R + 2]),
-)
-series(
-    "dilation (dilated)",
-    [("pattern", "dilated_window"), ("seq_len", 4096)],
-    measured("dilation", [3, 4, 2, 5, 6][: R + 2]),
-)
-series(
-    "window_blocks (bigbird)",
-    BIGBIRD,
-    measured("window_blocks", [5, 1, 3, 7, 9][: R + 2]),
-)
-series(
-    "global_blocks (bigbird)",
-    BIGBIRD,
-    measured("global_blocks", [1, 3, 0, 2, 4][: R + 2]),
-)
-series(
-    "random_blocks (bigbird)",
-    BIGBIRD,
-    measured("random_blocks", [2, 4, 1, 5, 3][: R + 2]),
-)
-series("seed (bigbird)", BIGBIRD, measured("seed", [5, 9, 13, 17, 21, 25][: R + 2]))
-series("head (bigbird)", BIGBIRD, measured("head", [1, 2, 3, 0, 1][: R + 2]))
-series("layers", BIGBIRD, measured("layers", [3, 4, 1, 5, 2][: R + 2]))
-series(
-    "causal (bigbird)",
-    BIGBIRD,
-    measured("causal", ([True, False] * ((R + 1) // 2 + 1))[: R + 1]),
-)
-series(
-    "causal (longformer)",
-    LONGFORMER,
-    measured("causal", ([True, False] * ((R + 1) // 2 + 1))[: R + 1]),
-)
-series("query", BIGBIRD, measured("query", [100, 3000, 2047, 4095, 7][: R + 2]))
+BLOCK_SIZES = [32, 128, 64, 16, 64, 32, 128, 64][: max(R, 3) * 2]
+TOGGLE = ([True, False] * ((R + 1) // 2 + 1))[: R + 1]
+DILATED = [("pattern", "dilated_window"), ("seq_len", 4096)]
+# (label, starting controls, the control moved, the values it takes in turn)
+for label, base, control, values in [
+    ("block_size (bigbird)", BIGBIRD, "block_size", BLOCK_SIZES),
+    ("block_size (longformer)", LONGFORMER, "block_size", BLOCK_SIZES),
+    ("window (longformer)", LONGFORMER, "window", [128, 512, 256, 64, 1024][: R + 2]),
+    ("global_tokens (longformer)", LONGFORMER, "global_tokens", [0, 8, 2, 32, 1][: R + 2]),
+    ("dilation (dilated)", DILATED, "dilation", [3, 4, 2, 5, 6][: R + 2]),
+    ("window_blocks (bigbird)", BIGBIRD, "window_blocks", [5, 1, 3, 7, 9][: R + 2]),
+    ("global_blocks (bigbird)", BIGBIRD, "global_blocks", [1, 3, 0, 2, 4][: R + 2]),
+    ("random_blocks (bigbird)", BIGBIRD, "random_blocks", [2, 4, 1, 5, 3][: R + 2]),
+    ("seed (bigbird)", BIGBIRD, "seed", [5, 9, 13, 17, 21, 25][: R + 2]),
+    ("head (bigbird)", BIGBIRD, "head", [1, 2, 3, 0, 1][: R + 2]),
+    ("layers", BIGBIRD, "layers", [3, 4, 1, 5, 2][: R + 2]),
+    ("causal (bigbird)", BIGBIRD, "causal", TOGGLE),
+    ("causal (longformer)", LONGFORMER, "causal", TOGGLE),
+    ("query", BIGBIRD, "query", [100, 3000, 2047, 4095, 7][: R + 2]),
+]:
+    series(label, base, measured(control, values))
 print(f"load average after: {os.getloadavg()}", flush=True)
 worst = max(rows, key=lambda row: statistics.median(row[1]))
 print(f"worst median (wall): {worst[0]} {1000 * statistics.median(worst[1]):.0f} ms")
