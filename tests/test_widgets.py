@@ -343,6 +343,7 @@ def test_block_size_recolours_the_tiles_and_keeps_the_axes():
     # The kinds map counts tokens on its axes, so another block size changes its tiles but
     # neither its limits nor its tick labels: no tick label is drawn again.
     explorer = MaskExplorer(pattern="longformer", seq_len=200, window=16, global_tokens=1)
+    explorer.wait()  # the first reachability is drawn on the worker thread: let it finish
     ax, image = kinds_axes_image(explorer)
     limits = ax.get_xlim(), ax.get_ylim()
     before = explorer.mask_image.value
@@ -351,6 +352,7 @@ def test_block_size_recolours_the_tiles_and_keeps_the_axes():
         for axis in (a for axes in figure.axes for a in (axes.xaxis, axes.yaxis)):
             axis.draw = lambda renderer, axis=axis: drawn.append(axis)
     explorer.controls["block_size"].value = 32
+    explorer.wait()
     assert drawn == []
     assert (ax.get_xlim(), ax.get_ylim()) == limits == ((-0.5, 199.5), (199.5, -0.5))
     assert explorer.mask_image.value != before
