@@ -5,7 +5,7 @@ Run on a CUDA machine from the repository root (``PYTHONPATH=. python
 scripts/index_build_timing.py``); writes ``$OUT/gpu_index_build.json`` (or the current
 folder). Every build starts from a fresh pattern (caches empty) after a first build has
 compiled the kernels; times are medians with a synchronize before and after. It also
-checks that both builds give the same layout, field by field.
+checks that both builds give the same layout, field by field, and the same work lists.
 """
 
 from __future__ import annotations
@@ -51,24 +51,32 @@ def measure(factory, n: int) -> dict:
     def make():
         return factory(n)
 
-    fast, slow = (
-        triton_layout.build_layout_from_parts(make(), 64, DEVICE),
-        build_layout(make(), 64, DEVICE),
-    )
+    fast = triton_layout.build_from_parts(make(), 64, DEVICE, tk.MAX_TILES_PER_PROGRAM)
+    slow = build_layout(make(), 64, DEVICE)
+    planned = triton_layout.plan_work(slow.host_counts, tk.MAX_TILES_PER_PROGRAM, DEVICE)
     tk.kernel_layout(make(), 64, DEVICE)  # compiles the kernels
     batch = 1 if n > 32768 else 2
     q, k, v = (torch.randn(batch, 16, n, 64, device=DEVICE, dtype=torch.bfloat16,
                            requires_grad=True) for _ in range(3))  # fmt: skip
     grad, pattern = torch.randn_like(q), make()
     row = {
-        "same_layout": all(torch.equal(getattr(fast, f), getattr(slow, f)) for f in FIELDS),
-        "batch": batch,
-        "kernel_layout_ms": median_ms(lambda p: tk.kernel_layout(p, 64, DEVICE), make, 15),
-        "triton_layout_ms": median_ms(
-            lambda p: triton_layout.build_layout_from_parts(p, 64, DEVICE), make, 15
+        "same_layout": all(torch.equal(getattr(fast[0], f), getattr(slow, f)) for f in FIELDS),
+        "same_work": all(
+            torch.equal(ours.items, theirs.items) and torch.equal(ours.merges, theirs.merges)
+            for ours, theirs in zip(fast[1:3], planned, strict=True)
         ),
-        "work_lists_ms": median_ms(lambda p: tk.work_lists(fast.host_counts, 64, DEVICE), make, 15),
+        "batch": batch,
+        # The whole build: layout, work lists and masks (two kernels, one wait).
+        "kernel_layout_ms": median_ms(lambda p: tk.kernel_layout(p, 64, DEVICE), make, 15),
+        # layout.py's build, then the planner as a kernel of its own (patterns without parts).
         "layout_py_ms": median_ms(lambda p: build_layout(p, 64, DEVICE), make, 7),
+        "layout_py_and_plan_ms": median_ms(
+            lambda p: triton_layout.plan_work(
+                build_layout(p, 64, DEVICE).host_counts, tk.MAX_TILES_PER_PROGRAM, DEVICE
+            ),
+            make,
+            7,
+        ),
         "fwd_bwd_ms": triton.testing.do_bench(
             lambda: tk.attention(q, k, v, pattern).backward(grad),
             warmup=25,

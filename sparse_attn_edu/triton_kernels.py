@@ -67,7 +67,6 @@ import sys
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 INTERPRETED = not torch.cuda.is_available()
@@ -477,76 +476,6 @@ class WorkList:
     num_slots: int  # scratch slots per (batch, head) for the pieces' partial results
 
 
-def _plan(count: np.ndarray, full_count: np.ndarray, max_tiles: int) -> tuple:
-    """Work items of G groups of lists (`count`, `full_count`: (G, nb) entries per list,
-    full ones first): each list cut into pieces of at most `max_tiles` entries.
-
-    Returns items (G, I, 5) -- block, start, stop, slot, mid -- longest first in each
-    group, a shorter group repeating its last item; merges (G, M, 3) -- block, first slot,
-    pieces -- for the lists cut up, a shorter group padded with block -1 (no-op); how many
-    items and merges each group has; and the scratch slots each group needs. An item of a
-    list not cut has slot -1: its program writes the result itself.
-    """
-    groups, nb = count.shape
-    count, full_count = count.ravel(), full_count.ravel()
-    pieces = np.maximum((count + max_tiles - 1) // max_tiles, 1)  # an empty list writes zeros
-    owner = np.repeat(np.arange(groups * nb), pieces)  # (I_all,) the list each item cuts
-    start = (np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * max_tiles
-    # Longest first in each group (Graham's LPT rule), so that long pieces do not start last
-    # and run alone: a piece's length, min(max_tiles, count - start), grows with what is left
-    # of its list, count - start. Then one row per group, a shorter group repeating its last.
-    order = np.lexsort((start - count[owner], owner // nb))
-    sizes = np.bincount(owner // nb, minlength=groups)
-    ends = np.cumsum(sizes)
-    take = order[np.minimum((ends - sizes)[:, None] + np.arange(sizes.max()), (ends - 1)[:, None])]
-    owner, start = owner[take], start[take]  # (G, I)
-    # Scratch slots: the pieces of cut lists numbered 0, 1, ... in each group.
-    cut = pieces > 1
-    slots = np.cumsum(np.where(cut, pieces, 0).reshape(groups, nb), 1)  # (G, nb)
-    first_slot = slots.ravel() - pieces
-    items = np.empty((*owner.shape, 5), dtype=np.int64)
-    items[..., 0] = owner % nb
-    items[..., 1] = start
-    items[..., 2] = np.minimum(start + max_tiles, count[owner])
-    items[..., 3] = np.where(cut[owner], first_slot[owner] + start // max_tiles, -1)
-    items[..., 4] = np.clip(full_count[owner], start, items[..., 2])  # full ones: [start, mid)
-    cut_lists = np.flatnonzero(cut)
-    merge_sizes = np.bincount(cut_lists // nb, minlength=groups)
-    place = np.arange(merge_sizes.max())
-    first_merge = (np.cumsum(merge_sizes) - merge_sizes)[:, None]
-    pick = np.where(place < merge_sizes[:, None], first_merge + place, -1)
-    merges = np.stack([cut_lists % nb, first_slot[cut_lists], pieces[cut_lists]], 1)
-    merges = np.concatenate([merges, [[-1, 0, 0]]])[pick]
-    return items, merges, sizes, merge_sizes, np.maximum(slots[:, -1], 1)
-
-
-def work_lists(host_counts: torch.Tensor, max_tiles: int, device) -> tuple[WorkList, WorkList]:
-    """The programs of the kernels that walk rows and of those that walk columns, from the
-    layout's host counts (4, H', nb); one plan for both, one copy to `device`.
-
-    Built with NumPy on the host: a few thousand integers, where on a GPU each small step
-    would be a kernel launch.
-    """
-    counts = host_counts.numpy().astype(np.int64)
-    heads = counts.shape[1]
-    items, merges, sizes, merge_sizes, slots = _plan(
-        np.concatenate([counts[0], counts[2]]), np.concatenate([counts[1], counts[3]]), max_tiles
-    )
-    halves = (slice(0, heads), slice(heads, 2 * heads))  # rows, then columns
-    tables = []
-    for half in halves:  # each half as wide as its own longest group
-        tables += [items[half, : sizes[half].max()], merges[half, : merge_sizes[half].max()]]
-    flat = torch.from_numpy(np.concatenate([t.ravel() for t in tables]).astype(np.int32))
-    flat = flat.to(device)  # one copy to the device
-    views, offset = [], 0
-    for table in tables:
-        views.append(flat[offset : offset + table.size].view(table.shape))
-        offset += table.size
-    rows = WorkList(views[0], views[1], int(slots[halves[0]].max()))
-    cols = WorkList(views[2], views[3], int(slots[halves[1]].max()))
-    return rows, cols
-
-
 @dataclass(frozen=True)
 class KernelLayout:
     """A BlockSparseLayout plus what the kernels need beside it, built once per pattern."""
@@ -569,18 +498,20 @@ def kernel_layout(
     cache = pattern.__dict__.setdefault("_kernel_layout_cache", {})
     key = (block_size, str(torch.device(device)), max_tiles)
     if key not in cache:
-        # The layout from the pattern's parts, by three Triton kernels (triton_layout.py),
-        # or, for a pattern that is no union of parts, by layout.py's PyTorch operations.
+        # The layout and the work lists from the pattern's parts, by two Triton kernels
+        # (triton_layout.py); for a pattern that is no union of parts, the layout by
+        # layout.py's PyTorch operations and the work lists by the same planner.
         from . import triton_layout  # not at the top: it imports this module first
 
         device = torch.device(device)
-        layout = triton_layout.build_layout_from_parts(pattern, block_size, device)
-        if layout is None:
+        built = triton_layout.build_from_parts(pattern, block_size, device, max_tiles)
+        if built is None:
             layout = build_layout(pattern, block_size, device)
-        masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
-        if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
-            masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)
-        rows, cols = work_lists(layout.host_counts, max_tiles, device)
+            masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
+            if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
+                masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)
+            built = (layout, *triton_layout.plan_work(layout.host_counts, max_tiles, device), masks)
+        layout, rows, cols, masks = built
         pairs = layout.active_tiles * block_size**2 // layout.num_layout_heads
         cache[key] = KernelLayout(layout, rows, cols, masks, pairs)
     return cache[key]

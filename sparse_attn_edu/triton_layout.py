@@ -1,11 +1,12 @@
-"""Stage 4's index build: a pattern's compressed layout made by three Triton kernels.
+"""Stage 4's index build: a pattern's compressed layout and the kernels' work, on the GPU.
 
 ``layout.py`` builds the compressed layout (row and column lists, tile masks) with a few
 dozen whole-tensor PyTorch operations. On a GPU each of them is quick, but each costs the
 host about 10 microseconds to launch; at n = 32768 they added up to 2-3 ms, as long as a
-whole forward and backward pass. Here the same layout comes from three kernels and one
-wait for the device, for every pattern that is a union of simple parts
-(``patterns.Parts``; Longformer, BigBird, windows, causal and their unions):
+whole forward and backward pass. Here the layout, and the work lists of the attention
+kernels with it, come from two kernels and one wait for the device, for every pattern that
+is a union of simple parts (``patterns.Parts``; Longformer, BigBird, windows, causal and
+their unions):
 
     allowed(h, i, j) = offsets(i - j)  or  i in tokens  or  j in tokens
                        or  blocks[h, i // bs, j // bs]
@@ -15,8 +16,9 @@ A tile covering queries [qs, qe] and keys [ks, ke] needs no element test to get 
 * offsets: the tile holds exactly the offsets [qs - ke, qe - ks]. A prefix sum over all
   2n - 1 offsets counts how many of them are allowed: all of them make every pair allowed
   (full), none of them make this part add nothing.
-* tokens: a prefix sum over positions counts the global tokens among the tile's queries
-  and among its keys: all queries or all keys global is full, none of either adds nothing.
+* tokens: a binary search in the sorted global tokens counts those among the tile's
+  queries and among its keys: all queries or all keys global is full, none of either adds
+  nothing.
 * blocks, at the layout's own block size (BigBird): one tile is one block, full or empty.
 
 The tile is full when one part fills it, empty when no part touches it, and partial when
@@ -28,11 +30,14 @@ The kernels (each program owns one row of tiles, or one column):
 
 1. ``_classify_kernel``: the kind of every tile, each row's and column's counts, and every
    partial tile's rank within its row. The host reads the counts (the one wait): they fix
-   the list widths, where each row's partial tiles start in ``tile_masks``, and the work
-   lists of the attention kernels.
+   the sizes of everything that follows.
 2. ``_lists_kernel``: the row lists and the column lists, full tiles first, as
-   ``layout.py`` defines them, plus the coordinates of every partial tile.
-3. ``_masks_kernel``: the element mask of every partial tile, from the same parts.
+   ``layout.py`` defines them; each row's program also writes the element masks of its
+   partial tiles. One more program per group of lists plans the attention kernels' work
+   (``_plan_lists``): which piece of which list each of their programs walks.
+
+Patterns without parts get their layout from ``layout.py`` and their work from
+``plan_work``, which runs the same planner as a kernel of its own.
 """
 
 from __future__ import annotations
@@ -54,10 +59,37 @@ UNSURE = 3  # two parts touch the tile without filling it: only an element test 
 _EMPTY, _PARTIAL, _FULL, _UNSURE = (tl.constexpr(k) for k in (EMPTY, PARTIAL, FULL, UNSURE))
 
 
+# ---- the parts, asked about a range ---------------------------------------------------
+
+
 @triton.jit
-def _tile_kinds(r, c, h, offset_prefix, token_prefix, blocks, N, NB, BS,
-                HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr,
-                HAS_BLOCKS: tl.constexpr):  # fmt: skip
+def _offsets_in(offset_prefix, lo, hi, N):
+    """How many allowed offsets lie in [lo, hi]; offset_prefix[k] counts the allowed ones
+    among the k + 1 smallest, -(N - 1), ..., k - (N - 1)."""
+    below = tl.load(offset_prefix + lo + N - 2, mask=lo > 1 - N, other=0)
+    return tl.load(offset_prefix + hi + N - 1) - below
+
+
+@triton.jit
+def _tokens_below(tokens, NUM_TOKENS, x, TOKEN_STEPS: tl.constexpr):
+    """How many global tokens are < x, for each element of x (tokens sorted, distinct).
+
+    A binary search by halving steps: `below` only grows, by 2^s whenever the token that
+    many places further is still < x; TOKEN_STEPS = NUM_TOKENS.bit_length() steps.
+    """
+    below = x * 0
+    for s in tl.static_range(TOKEN_STEPS - 1, -1, -1):
+        further = below + (1 << s)
+        ok = further <= NUM_TOKENS
+        token = tl.load(tokens + further - 1, mask=ok, other=0)
+        below = tl.where(ok & (token < x), further, below)
+    return below
+
+
+@triton.jit
+def _tile_kinds(r, c, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB, BS,
+                TOKEN_STEPS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
+                HAS_TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
     """Kinds of the tiles (r, c) of layout head h; r or c is a vector of blocks < NB."""
     qs = r * BS
     qe = tl.minimum(qs + BS, N) - 1  # the last block may be short
@@ -66,15 +98,15 @@ def _tile_kinds(r, c, h, offset_prefix, token_prefix, blocks, N, NB, BS,
     filled = tl.zeros_like(qs + ks) != 0  # all False, shaped like whichever is a vector
     touched = filled.to(tl.int32)  # how many parts allow some pair of the tile
     if HAS_OFFSETS:
-        # offset_prefix[k] = allowed offsets among the k smallest, -(N - 1), ..., k - N.
-        lo, hi = qs - ke, qe - ks
-        allowed = tl.load(offset_prefix + hi + N) - tl.load(offset_prefix + lo + N - 1)
+        lo, hi = qs - ke, qe - ks  # the tile's smallest and largest offset i - j
+        allowed = _offsets_in(offset_prefix, lo, hi, N)
         filled |= allowed == hi - lo + 1
         touched += (allowed > 0).to(tl.int32)
     if HAS_TOKENS:
-        # token_prefix[i] = global tokens before position i.
-        in_rows = tl.load(token_prefix + qe + 1) - tl.load(token_prefix + qs)
-        in_cols = tl.load(token_prefix + ke + 1) - tl.load(token_prefix + ks)
+        in_rows = _tokens_below(tokens, NUM_TOKENS, qe + 1, TOKEN_STEPS) - _tokens_below(
+            tokens, NUM_TOKENS, qs, TOKEN_STEPS)  # fmt: skip
+        in_cols = _tokens_below(tokens, NUM_TOKENS, ke + 1, TOKEN_STEPS) - _tokens_below(
+            tokens, NUM_TOKENS, ks, TOKEN_STEPS)  # fmt: skip
         filled |= (in_rows == qe - qs + 1) | (in_cols == ke - ks + 1)
         touched += ((in_rows > 0) | (in_cols > 0)).to(tl.int32)
     if HAS_BLOCKS:
@@ -86,9 +118,9 @@ def _tile_kinds(r, c, h, offset_prefix, token_prefix, blocks, N, NB, BS,
 
 
 @triton.jit
-def _tile_mask(r, c, offset_prefix, token_prefix, N, BS,
-               BLOCK_BS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
-               HAS_TOKENS: tl.constexpr):  # fmt: skip
+def _tile_mask(r, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
+               BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
+               HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
     """Element mask of tile (r, c), (BLOCK_BS, BLOCK_BS), False past N and past BS.
 
     Only offsets and tokens are tested: at its own size a block is full or empty, so
@@ -101,24 +133,25 @@ def _tile_mask(r, c, offset_prefix, token_prefix, N, BS,
     inside = i_ok[:, None] & j_ok[None, :]
     allowed = tl.zeros([BLOCK_BS, BLOCK_BS], dtype=tl.int1)
     if HAS_OFFSETS:
-        slot = tl.where(inside, i[:, None] - j[None, :] + N - 1, 0)  # offset's place in prefix
-        allowed |= tl.load(offset_prefix + slot + 1) > tl.load(offset_prefix + slot)
+        d = tl.where(inside, i[:, None] - j[None, :], 0)
+        allowed |= _offsets_in(offset_prefix, d, d, N) > 0
     if HAS_TOKENS:
-        i_global = tl.load(token_prefix + i + 1, mask=i_ok, other=0) > tl.load(
-            token_prefix + i, mask=i_ok, other=0
-        )
-        j_global = tl.load(token_prefix + j + 1, mask=j_ok, other=0) > tl.load(
-            token_prefix + j, mask=j_ok, other=0
-        )
+        i_global = _tokens_below(tokens, NUM_TOKENS, i + 1, TOKEN_STEPS) > _tokens_below(
+            tokens, NUM_TOKENS, i, TOKEN_STEPS)  # fmt: skip
+        j_global = _tokens_below(tokens, NUM_TOKENS, j + 1, TOKEN_STEPS) > _tokens_below(
+            tokens, NUM_TOKENS, j, TOKEN_STEPS)  # fmt: skip
         allowed |= i_global[:, None] | j_global[None, :]
     return allowed & inside
 
 
+# ---- kernel 1: the kind of every tile ---------------------------------------------------
+
+
 @triton.jit
-def _classify_kernel(kinds, rank, counts, offset_prefix, token_prefix, blocks, N, NB, HEADS,
-                     BS, BLOCK_BS: tl.constexpr, BLOCK_NB: tl.constexpr,
-                     HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr,
-                     HAS_BLOCKS: tl.constexpr):  # fmt: skip
+def _classify_kernel(kinds, rank, counts, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB,
+                     HEADS, BS, BLOCK_BS: tl.constexpr, BLOCK_NB: tl.constexpr,
+                     TOKEN_STEPS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
+                     HAS_TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
     """Program (b, h, 0) classifies row b of head h, program (b, h, 1) column b.
 
     counts (4, HEADS, NB): row count, row full count, column count, column full count;
@@ -130,11 +163,11 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, token_prefix, blocks, N
     ok = other < NB
     clamped = tl.minimum(other, NB - 1)  # past NB: a real block's kind, then dropped
     if column == 0:
-        kind = _tile_kinds(b, clamped, h, offset_prefix, token_prefix, blocks, N, NB,
-                           BS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
+        kind = _tile_kinds(b, clamped, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB,
+                           BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
     else:
-        kind = _tile_kinds(clamped, b, h, offset_prefix, token_prefix, blocks, N, NB,
-                           BS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
+        kind = _tile_kinds(clamped, b, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB,
+                           BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
     kind = tl.where(ok, kind, _EMPTY)
     # Unsure tiles are tested element by element, leftmost first, until none is left (by
     # the row's program and again by the column's). For Longformer they are few: where a
@@ -144,8 +177,8 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, token_prefix, blocks, N
         r, c = b, o
         if column != 0:
             r, c = o, b
-        allowed = _tile_mask(r, c, offset_prefix, token_prefix, N, BS,
-                             BLOCK_BS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
+        allowed = _tile_mask(r, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
+                             BLOCK_BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
         pairs = tl.sum(tl.sum(allowed.to(tl.int32), 1), 0)
         area = (tl.minimum(r * BS + BS, N) - r * BS) * (tl.minimum(c * BS + BS, N) - c * BS)
         exact = tl.where(pairs == area, _FULL, tl.where(pairs > 0, _PARTIAL, _EMPTY))
@@ -162,67 +195,277 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, token_prefix, blocks, N
         tl.store(rank + row, tl.cumsum(partial, 0) - partial, mask=ok)
 
 
+# ---- kernel 2: the lists, the masks and the attention kernels' work ---------------------
+
+
 @triton.jit
-def _lists_kernel(kinds, rank, tile_base, row_index, row_tile, col_index, col_tile, coords,
-                  counts, NB, HEADS, ROW_WIDTH, COL_WIDTH,
-                  BLOCK_NB: tl.constexpr):  # fmt: skip
-    """Program (b, h, 0) writes row b's list of head h, program (b, h, 1) column b's.
+def _store_item(item, block, start, stop, slot, full, mask):
+    """Work items, the five numbers triton_kernels._work_item reads: block, start, stop,
+    slot and mid (its full tiles are entries [start, mid))."""
+    tl.store(item, block, mask=mask)
+    tl.store(item + 1, start, mask=mask)
+    tl.store(item + 2, stop, mask=mask)
+    tl.store(item + 3, slot, mask=mask)
+    tl.store(item + 4, tl.minimum(tl.maximum(full, start), stop), mask=mask)
+
+
+@triton.jit
+def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TILES,
+                BLOCK_NB: tl.constexpr):  # fmt: skip
+    """The attention kernels' work on one group of NB lists (one head's rows, or columns).
+
+    List b has list_count[b] entries, list_full[b] of them full. It is cut into pieces of
+    MAX_TILES entries and a shorter last piece (an empty list gets one piece: its program
+    writes zeros). items (ITEMS, 5) gets one piece per program, longest first (Graham's
+    LPT rule): all pieces of MAX_TILES entries, list by list, then the shorter ones sorted
+    by length; a group with fewer pieces than ITEMS repeats its last, shortest one. A
+    list cut in several pieces has them computed into scratch slots numbered 0, 1, ...
+    list by list; merges (MERGES, 3) names each such list, its first slot and its number
+    of pieces, then pads with list -1 (nothing to merge).
+    """
+    b = tl.arange(0, BLOCK_NB)
+    ok = b < NB
+    count = tl.load(list_count + b, mask=ok, other=0)
+    full = tl.load(list_full + b, mask=ok, other=0)
+    whole = count // MAX_TILES  # pieces of exactly MAX_TILES entries
+    rest = count - whole * MAX_TILES  # entries of the shorter last piece, if any
+    short = ok & ((rest > 0) | (count == 0))
+    pieces = whole + short.to(tl.int32)
+    cut = tl.where(pieces > 1, pieces, 0)  # pieces of the lists that are cut
+    first_slot = tl.cumsum(cut, 0) - cut
+
+    # The pieces of MAX_TILES entries: list after list, piece after piece.
+    first = tl.cumsum(whole, 0) - whole  # where each list's first piece goes
+    for k in range(tl.max(whole, 0)):
+        start = k * MAX_TILES
+        slot = tl.where(cut > 0, first_slot + k, -1)
+        _store_item(items + (first + k) * 5, b, start, start + MAX_TILES, slot, full, k < whole)
+    # Then the shorter pieces, longest first: sorting (MAX_TILES - length, list) puts the
+    # k-th of them at place k; past the shorter pieces, keys too large to be any.
+    none = (MAX_TILES + 1) * BLOCK_NB
+    key = tl.sort(tl.where(short, (MAX_TILES - rest) * BLOCK_NB + b, none), 0)
+    owner = key % BLOCK_NB  # the list of the k-th shorter piece (k = b here)
+    owner_whole = tl.gather(whole, owner, 0)
+    owner_slot = tl.gather(first_slot, owner, 0) + owner_whole  # its slot, if cut
+    slot = tl.where(tl.gather(cut, owner, 0) > 0, owner_slot, -1)
+    _store_item(
+        items + (tl.sum(whole, 0) + b) * 5,
+        owner,
+        owner_whole * MAX_TILES,
+        tl.gather(count, owner, 0),
+        slot,
+        tl.gather(full, owner, 0),
+        key < none,
+    )
+
+    # Merges: the lists cut in pieces, in list order.
+    at = tl.cumsum((cut > 0).to(tl.int32), 0) - (cut > 0).to(tl.int32)
+    tl.store(merges + at * 3, b, mask=cut > 0)
+    tl.store(merges + at * 3 + 1, first_slot, mask=cut > 0)
+    tl.store(merges + at * 3 + 2, cut, mask=cut > 0)
+    cut_lists = tl.sum((cut > 0).to(tl.int32), 0)
+    for place in range(cut_lists, MERGES, BLOCK_NB):
+        pad = (place + b) * 3
+        tl.store(merges + pad, -1, mask=place + b < MERGES)
+        tl.store(merges + pad + 1, 0, mask=place + b < MERGES)
+        tl.store(merges + pad + 2, 0, mask=place + b < MERGES)
+
+    # Padding: copies of the last item, once every thread's items are in memory.
+    tl.debug_barrier()
+    size = tl.sum(pieces, 0)
+    for place in range(size, ITEMS, BLOCK_NB):
+        for field in tl.static_range(5):
+            value = tl.load(items + (size - 1) * 5 + field)
+            tl.store(items + (place + b) * 5 + field, value, mask=place + b < ITEMS)
+
+
+@triton.jit
+def _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges, NB, HEADS,
+                ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
+                BLOCK_NB: tl.constexpr):  # fmt: skip
+    """Plan the work on head h's row lists (column == 0) or on its column lists; counts
+    (4, HEADS, NB) as _classify_kernel writes them."""
+    lists = counts + (2 * column * HEADS + h) * NB  # these lists' counts; full counts follow
+    if column == 0:
+        _plan_lists(
+            row_items + h * ROW_ITEMS * 5,
+            row_merges + h * ROW_MERGES * 3,
+            lists,
+            lists + HEADS * NB,
+            NB,
+            ROW_ITEMS,
+            ROW_MERGES,
+            MAX_TILES,
+            BLOCK_NB,
+        )
+    else:
+        _plan_lists(
+            col_items + h * COL_ITEMS * 5,
+            col_merges + h * COL_MERGES * 3,
+            lists,
+            lists + HEADS * NB,
+            NB,
+            COL_ITEMS,
+            COL_MERGES,
+            MAX_TILES,
+            BLOCK_NB,
+        )
+
+
+@triton.jit
+def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
+                offset_prefix, tokens, NUM_TOKENS, N, NB, HEADS, BS,
+                BLOCK_NB: tl.constexpr, BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
+                HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
+    """Row b's list of head h (column == 0) or column b's, and a row's partial tile masks.
 
     An entry's place is a running count: full tiles take places 0, 1, ... in block order,
-    partial tiles follow them. A partial tile (r, c) is tile_masks[tile_base[h, r] +
-    rank[h, r, c]]: row by row, left to right, as layout.py numbers them.
+    partial tiles follow them. A partial tile (r, c) is tile_masks[tile_base[r] +
+    rank[h, r, c]]: row by row, left to right, head after head, as layout.py numbers them.
     """
-    b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     other = tl.arange(0, BLOCK_NB)
     ok = other < NB
-    if column == 0:
-        rows, cols = b + 0 * other, other
-        width, index, tile = ROW_WIDTH, row_index, row_tile
-    else:
+    rows, cols = b + 0 * other, other
+    if column != 0:
         rows, cols = other, b + 0 * other
-        width, index, tile = COL_WIDTH, col_index, col_tile
+    # Where each row's partial tiles start: after those of the rows above, and of the
+    # heads before (their rows' counts minus full counts).
+    head_base = 0
+    for earlier in range(h):
+        head_base += tl.sum(tl.load(counts + earlier * NB + other, mask=ok, other=0), 0)
+        head_base -= tl.sum(tl.load(counts + (HEADS + earlier) * NB + other, mask=ok, other=0), 0)
+    partial_rows = tl.load(counts + h * NB + other, mask=ok, other=0)
+    partial_rows -= tl.load(counts + (HEADS + h) * NB + other, mask=ok, other=0)
+    tile_base = head_base + tl.cumsum(partial_rows, 0) - partial_rows  # (BLOCK_NB,) per row
+
     tiles = (h * NB + rows) * NB + cols  # flat (head, row, column) of each tile
     kind = tl.load(kinds + tiles, mask=ok, other=_EMPTY).to(tl.int32)
     full, partial = kind == _FULL, kind == _PARTIAL
     full_count = tl.sum(full.to(tl.int32), 0)
     place = tl.where(full, tl.cumsum(full.to(tl.int32), 0) - 1,
                      full_count + tl.cumsum(partial.to(tl.int32), 0) - 1)  # fmt: skip
-    tile_id = tl.load(tile_base + h * NB + rows, mask=partial, other=0)
-    tile_id += tl.load(rank + tiles, mask=partial, other=0)
+    within = tl.load(rank + tiles, mask=partial, other=0)  # place among its row's partial tiles
+    tile_id = tl.gather(tile_base, rows, 0) + within
     entry = (h * NB + b) * width + place
     tl.store(index + entry, other, mask=full | partial)
     tl.store(tile + entry, tl.where(partial, tile_id, -1), mask=full | partial)
     # Past the list's end: block 0 and no tile, as padding.
-    listed = tl.load(counts + (2 * column * HEADS + h) * NB + b)
-    pad = (other >= listed) & (other < width)
+    pad = (other >= tl.sum((full | partial).to(tl.int32), 0)) & (other < width)
     tl.store(index + (h * NB + b) * width + other, 0, mask=pad)
     tl.store(tile + (h * NB + b) * width + other, -1, mask=pad)
-    if column == 0:  # each partial tile once: where its row meets its column
-        tl.store(coords + 2 * tile_id, rows, mask=partial)
-        tl.store(coords + 2 * tile_id + 1, cols, mask=partial)
+
+    if column == 0:  # each partial tile's element mask, once: by its row's program
+        a = tl.arange(0, BLOCK_BS)
+        inside = (a < BS)[:, None] & (a < BS)[None, :]
+        first = tl.sum(tl.where(other == b, tile_base, 0), 0)
+        for k in range(tl.sum(partial.to(tl.int32), 0)):
+            c = tl.min(tl.where(partial & (within == k), other, BLOCK_NB), 0)
+            allowed = _tile_mask(b, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
+                                 BLOCK_BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
+            addr = ((first + k).to(tl.int64) * BS + a[:, None]) * BS + a[None, :]
+            tl.store(masks + addr, allowed.to(tl.uint8), mask=inside)
 
 
 @triton.jit
-def _masks_kernel(masks, coords, offset_prefix, token_prefix, N, BS,
-                  BLOCK_BS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
-                  HAS_TOKENS: tl.constexpr):  # fmt: skip
-    """Program t writes partial tile t's (BS, BS) element mask."""
-    t = tl.program_id(0)
-    r = tl.load(coords + 2 * t)
-    c = tl.load(coords + 2 * t + 1)
-    allowed = _tile_mask(r, c, offset_prefix, token_prefix, N, BS,
-                         BLOCK_BS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
-    a = tl.arange(0, BLOCK_BS)
-    addr = (t.to(tl.int64) * BS + a[:, None]) * BS + a[None, :]
-    tl.store(masks + addr, allowed.to(tl.uint8), mask=(a < BS)[:, None] & (a < BS)[None, :])
+def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile, masks,
+                  row_items, row_merges, col_items, col_merges, offset_prefix, tokens,
+                  NUM_TOKENS, N, NB, HEADS, BS, ROW_WIDTH, COL_WIDTH, ROW_ITEMS, ROW_MERGES,
+                  COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB: tl.constexpr,
+                  BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
+                  HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
+    """Program (b < NB, h, 0) writes row b's list of head h, (b < NB, h, 1) column b's;
+    program (NB, h, 0) plans the work on head h's rows, (NB, h, 1) on its columns."""
+    b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if b == NB:
+        _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges, NB, HEADS,
+                    ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
+    elif column == 0:
+        _write_list(b, h, column, kinds, rank, counts, row_index, row_tile, ROW_WIDTH, masks,
+                    offset_prefix, tokens, NUM_TOKENS, N, NB, HEADS, BS, BLOCK_NB, BLOCK_BS,
+                    TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
+    else:
+        _write_list(b, h, column, kinds, rank, counts, col_index, col_tile, COL_WIDTH, masks,
+                    offset_prefix, tokens, NUM_TOKENS, N, NB, HEADS, BS, BLOCK_NB, BLOCK_BS,
+                    TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
 
 
-def build_layout_from_parts(
-    pattern: Pattern, block_size: int, device: torch.device | str
-) -> BlockSparseLayout | None:
-    """``layout.build_layout(pattern, block_size, device)`` made by the kernels above (not
-    cached: ``triton_kernels.kernel_layout`` caches). None when that one must build it:
-    the pattern is no union of parts at this block size, `device` is not where the kernels
+@triton.jit
+def _plan_kernel(counts, row_items, row_merges, col_items, col_merges, NB, HEADS, ROW_ITEMS,
+                 ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
+                 BLOCK_NB: tl.constexpr):  # fmt: skip
+    """The planner alone, for a layout built by layout.py: program (0, h, 0) plans head
+    h's rows, (0, h, 1) its columns; counts (4, HEADS, NB) as in _classify_kernel."""
+    _plan_group(tl.program_id(1), tl.program_id(2), counts, row_items, row_merges, col_items,
+                col_merges, NB, HEADS, ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
+                BLOCK_NB)  # fmt: skip
+
+
+# ---- host side ------------------------------------------------------------------------
+
+
+_PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """One int32 on `device`, made once: the pointer passed for a part a pattern lacks."""
+    if device not in _PLACEHOLDERS:
+        _PLACEHOLDERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _PLACEHOLDERS[device]
+
+
+def _int32_tensors(device, *shapes) -> list[torch.Tensor]:
+    """Empty int32 tensors of these shapes, carved out of one allocation."""
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    flat = torch.empty(sum(sizes), dtype=torch.int32, device=device)
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
+
+
+def _work_sizes(host_counts: torch.Tensor, max_tiles: int) -> np.ndarray:
+    """Items, merges and scratch slots (per batch x head) of the row work and of the column
+    work, (3, 2), from the layout's counts on the host (4, H', nb): the planner's sizes."""
+    lists = host_counts.numpy()[0::2]  # (2, H', nb) entries of each row and column list
+    pieces = np.maximum(-(-lists // max_tiles), 1)
+    cut = pieces > 1
+    slots = np.maximum(np.where(cut, pieces, 0).sum(-1).max(-1), 1)
+    return np.stack([pieces.sum(-1).max(-1), cut.sum(-1).max(-1), slots])
+
+
+def _work_tensors(sizes: np.ndarray, heads: int, device) -> list[torch.Tensor]:
+    """Row items, row merges, column items, column merges, empty, for the planner."""
+    (row_items, col_items), (row_merges, col_merges) = sizes[0].tolist(), sizes[1].tolist()
+    shapes = (heads, row_items, 5), (heads, row_merges, 3), (heads, col_items, 5)
+    return _int32_tensors(device, *shapes, (heads, col_merges, 3))
+
+
+def _work_lists(tensors, sizes: np.ndarray) -> tuple:
+    """The planner's tables as triton_kernels.WorkList of the rows and of the columns."""
+    row_items, row_merges, col_items, col_merges = tensors
+    rows = _setup.WorkList(row_items, row_merges, int(sizes[2, 0]))
+    return rows, _setup.WorkList(col_items, col_merges, int(sizes[2, 1]))
+
+
+def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
+    """The work lists of the kernels walking rows and of those walking columns, from a
+    layout's counts (4, H', nb) on the host (any layout, ``layout.py``'s too):
+    ``_plan_lists`` run as a kernel of its own on `device`."""
+    _, heads, nb = host_counts.shape
+    sizes = _work_sizes(host_counts, max_tiles)
+    tensors = _work_tensors(sizes, heads, device)
+    _plan_kernel[(1, heads, 2)](
+        host_counts.to(device), *tensors, nb, heads, *sizes[:2].T.ravel().tolist(), max_tiles,
+        BLOCK_NB=max(16, triton.next_power_of_2(nb)),
+    )  # fmt: skip
+    return _work_lists(tensors, sizes)
+
+
+def build_from_parts(
+    pattern: Pattern, block_size: int, device: torch.device | str, max_tiles: int
+) -> tuple | None:
+    """``layout.build_layout(pattern, block_size, device)`` made by the kernels above, with
+    the work lists of the kernels walking rows and columns (``plan_work``) and the tile
+    masks as bytes: (layout, rows, cols, masks), masks holding at least one tile. Not
+    cached: ``triton_kernels.kernel_layout`` caches. None when layout.py must build it: the
+    pattern is no union of parts at this block size, `device` is not where the kernels
     run, or a flat tile index would not fit in int32.
     """
     block_size = _check_positive_int("block_size", block_size)
@@ -238,51 +481,45 @@ def build_layout_from_parts(
     heads = blocks.layout.shape[0] if blocks is not None and blocks.layout.dim() == 3 else 1
     if heads * nb * nb >= 2**31:  # the kernels index tiles with int32
         return None
-    dummy = torch.zeros(1, dtype=torch.int32, device=device)  # for a part that is missing
 
-    offset_prefix = dummy
+    # What the kernels read of the parts; a part that is missing: a placeholder, never read.
+    offset_prefix = tokens = block_bytes = _placeholder(device)
     if parts.offsets is not None:
         allowed = parts.offsets(torch.arange(-(n - 1), n, device=device))  # (2n - 1,)
-        offset_prefix = torch.nn.functional.pad(allowed.cumsum(0, dtype=torch.int32), (1, 0))
-    token_prefix = dummy
+        offset_prefix = allowed.cumsum(0, dtype=torch.int32)
     if parts.tokens:
-        marks = np.zeros(n + 1, dtype=np.int32)
-        marks[np.asarray(parts.tokens) + 1] = 1
-        token_prefix = torch.from_numpy(np.cumsum(marks, dtype=np.int32)).to(device)
-    block_bytes = dummy if blocks is None else blocks._on("layout", device).view(torch.uint8)
+        tokens = torch.tensor(parts.tokens, dtype=torch.int32, device=device)  # sorted
+    if blocks is not None:
+        block_bytes = blocks._on("layout", device).view(torch.uint8)
+    part_args = (offset_prefix, tokens, len(parts.tokens))
+    flags = {"TOKEN_STEPS": len(parts.tokens).bit_length(), "HAS_TOKENS": bool(parts.tokens),
+             "HAS_OFFSETS": parts.offsets is not None}  # fmt: skip
 
     kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
-    rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)
-    counts = torch.empty(4, heads, nb, dtype=torch.int32, device=device)
-    has = {"HAS_OFFSETS": parts.offsets is not None, "HAS_TOKENS": bool(parts.tokens)}
+    rank, counts = _int32_tensors(device, (heads, nb, nb), (4, heads, nb))
     block_nb = max(16, triton.next_power_of_2(nb))
     block_bs = triton.next_power_of_2(bs)
     _classify_kernel[(nb, heads, 2)](
-        kinds, rank, counts, offset_prefix, token_prefix, block_bytes, n, nb, heads,
-        bs, BLOCK_BS=block_bs, BLOCK_NB=block_nb, HAS_BLOCKS=blocks is not None, **has,
+        kinds, rank, counts, *part_args, block_bytes, n, nb, heads, bs,
+        BLOCK_BS=block_bs, BLOCK_NB=block_nb, HAS_BLOCKS=blocks is not None, **flags,
     )  # fmt: skip
     host_counts = counts.cpu()  # the one wait for the device
-    partial = (host_counts[0] - host_counts[1]).flatten().numpy()  # (heads * nb,) per row
-    num_partial = int(partial.sum())
-    # Where each row's partial tiles start in tile_masks: row by row, as layout.py numbers them.
-    tile_base = torch.from_numpy((np.cumsum(partial) - partial).astype(np.int32)).to(device)
+    num_partial = int((host_counts[0] - host_counts[1]).sum())
     max_row, max_col = max(int(host_counts[0].max()), 1), max(int(host_counts[2].max()), 1)
+    sizes = _work_sizes(host_counts, max_tiles)
 
-    row_index = torch.empty(heads, nb, max_row, dtype=torch.int32, device=device)
-    row_tile = torch.empty_like(row_index)
-    col_index = torch.empty(heads, nb, max_col, dtype=torch.int32, device=device)
-    col_tile = torch.empty_like(col_index)
-    coords = torch.empty(max(num_partial, 1), 2, dtype=torch.int32, device=device)
-    _lists_kernel[(nb, heads, 2)](
-        kinds, rank, tile_base, row_index, row_tile, col_index, col_tile, coords, counts,
-        nb, heads, max_row, max_col, BLOCK_NB=block_nb,
+    lists = _int32_tensors(device, *[(heads, nb, w) for w in (max_row, max_row, max_col, max_col)])
+    work = _work_tensors(sizes, heads, device)
+    masks = torch.empty(max(num_partial, 1), bs, bs, dtype=torch.uint8, device=device)
+    _lists_kernel[(nb + 1, heads, 2)](
+        kinds, rank, counts, *lists, masks, *work, *part_args, n, nb, heads, bs,
+        max_row, max_col, *sizes[:2].T.ravel().tolist(), max_tiles,
+        BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
     )  # fmt: skip
-    masks = torch.empty(num_partial, bs, bs, dtype=torch.uint8, device=device)
-    if num_partial:
-        _masks_kernel[(num_partial,)](
-            masks, coords, offset_prefix, token_prefix, n, bs, BLOCK_BS=block_bs, **has
-        )
-    return BlockSparseLayout(
+    row_index, row_tile, col_index, col_tile = lists
+    layout = BlockSparseLayout(
         n, bs, nb, kinds, counts[0], counts[1], row_index, row_tile, counts[2], counts[3],
-        col_index, col_tile, tile_masks=masks.view(torch.bool), host_counts=host_counts,
+        col_index, col_tile, tile_masks=masks[:num_partial].view(torch.bool),
+        host_counts=host_counts,
     )  # fmt: skip
+    return (layout, *_work_lists(work, sizes), masks)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 # Imported before anything else imports triton: it switches on the interpreter without CUDA.
 tk = pytest.importorskip("sparse_attn_edu.triton_kernels")
 
-from sparse_attn_edu import masked, patterns  # noqa: E402
+from sparse_attn_edu import masked, patterns, triton_layout  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -219,22 +219,32 @@ def plan_by_loops(count, full_count, max_tiles):
 
 @settings(max_examples=30, deadline=None)
 @given(
-    groups=st.integers(1, 4),
+    heads=st.integers(1, 2),
     nb=st.integers(1, 9),
     max_tiles=st.integers(1, 4),
     data=st.data(),
 )
-def test_work_plan_against_loops(groups, nb, max_tiles, data):
-    count = np.array(data.draw(st.lists(st.lists(st.integers(0, 12), min_size=nb, max_size=nb),
-                                        min_size=groups, max_size=groups)))  # fmt: skip
+def test_work_plan_against_loops(heads, nb, max_tiles, data):
+    # The planner kernel (triton_layout._plan_lists) on counts drawn at random: rows and
+    # columns of each head are groups of lists, planned separately.
+    lists = st.lists(st.integers(0, 12), min_size=nb, max_size=nb)
+    count = np.array(data.draw(st.lists(lists, min_size=2 * heads, max_size=2 * heads)))
     full_count = np.array([[data.draw(st.integers(0, c)) for c in row] for row in count])
-    items, merges, sizes, merge_sizes, slots = tk._plan(count, full_count, max_tiles)
-    for g, (ref_items, ref_merges, ref_slots) in enumerate(
-        plan_by_loops(count, full_count, max_tiles)
-    ):
-        assert {tuple(i) for i in items[g, : sizes[g]].tolist()} == ref_items
-        assert len(ref_items) == sizes[g]  # each item once
-        assert (items[g, sizes[g] :] == items[g, sizes[g] - 1]).all()  # padding repeats
-        assert merges[g, : merge_sizes[g]].tolist() == ref_merges
-        assert (merges[g, merge_sizes[g] :] == [-1, 0, 0]).all()  # padding does nothing
-        assert slots[g] == ref_slots
+    host_counts = torch.from_numpy(np.stack([count[:heads], full_count[:heads],
+                                             count[heads:], full_count[heads:]]))  # fmt: skip
+    rows, cols = triton_layout.plan_work(host_counts.int(), max_tiles, DEVICE)
+    reference = plan_by_loops(count, full_count, max_tiles)
+    for g, (ref_items, ref_merges, ref_slots) in enumerate(reference):
+        work = rows if g < heads else cols
+        items, merges = work.items[g % heads].cpu(), work.merges[g % heads].cpu()
+        size = len(ref_items)
+        assert {tuple(i) for i in items[:size].tolist()} == ref_items
+        assert len(set(map(tuple, items[:size].tolist()))) == size  # each item once
+        lengths = (items[:, 2] - items[:, 1]).tolist()
+        assert lengths == sorted(lengths, reverse=True)  # longest first
+        assert (items[size:] == items[size - 1]).all()  # padding repeats the last
+        assert merges[: len(ref_merges)].tolist() == ref_merges
+        assert (merges[len(ref_merges) :] == torch.tensor([-1, 0, 0])).all()  # does nothing
+        assert work.num_slots >= ref_slots
+    for work, half in ((rows, slice(0, heads)), (cols, slice(heads, 2 * heads))):
+        assert work.num_slots == max(r[2] for r in reference[half])

@@ -1,4 +1,4 @@
-"""Stage 4's index build (three Triton kernels) against layout.py's PyTorch build.
+"""Stage 4's index build (two Triton kernels) against layout.py's PyTorch build.
 
 layout.py's lists, kinds and tile masks are checked against the materialized mask in
 test_layout.py; here the kernels must reproduce every one of them exactly, for every
@@ -25,6 +25,12 @@ from sparse_attn_edu.patterns import FULL, PARTIAL  # noqa: E402
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FIELDS = ("kinds", "row_count", "row_full_count", "row_index", "row_tile", "col_count",
           "col_full_count", "col_index", "col_tile", "tile_masks", "host_counts")  # fmt: skip
+
+
+def build(pattern, block_size, device):
+    """The kernels' layout (None: left to layout.py); work lists are tested with the planner."""
+    built = triton_layout.build_from_parts(pattern, block_size, device, tk.MAX_TILES_PER_PROGRAM)
+    return None if built is None else built[0]
 
 
 def assert_same_layout(ours, reference, label):
@@ -59,9 +65,16 @@ def test_kernels_build_the_same_layout(n, block_size, data):
         n, block_size, 1, min(1, nbb), int(nbb >= 4), seed=seed, num_heads=bigbird_heads
     )
     for p in [*zoo(n, data.draw), bigbird, bigbird | patterns.sliding_window(n, 2)]:
-        ours = triton_layout.build_layout_from_parts(p, block_size, DEVICE)
-        assert ours is not None, repr(p)
-        assert_same_layout(ours, build_layout(p, block_size, DEVICE), repr(p))
+        # Pieces of at most 2 tiles: lists get cut, so the work lists have merges too.
+        built = triton_layout.build_from_parts(p, block_size, DEVICE, 2)
+        assert built is not None, repr(p)
+        reference = build_layout(p, block_size, DEVICE)
+        assert_same_layout(built[0], reference, repr(p))
+        # The work planned inside the lists kernel is the planner's on layout.py's counts.
+        planned = triton_layout.plan_work(reference.host_counts, 2, DEVICE)
+        for ours, theirs in zip(built[1:3], planned, strict=True):
+            assert torch.equal(ours.items, theirs.items) and torch.equal(ours.merges, theirs.merges)
+            assert ours.num_slots == theirs.num_slots
 
 
 def test_unsure_tiles_are_tested_element_by_element():
@@ -72,17 +85,15 @@ def test_unsure_tiles_are_tested_element_by_element():
     both = (window.block_kinds(bs) == PARTIAL) & (tokens.block_kinds(bs) == PARTIAL)
     assert both.sum() > 0
     p = window | tokens
-    assert_same_layout(
-        triton_layout.build_layout_from_parts(p, bs, DEVICE), build_layout(p, bs), "unsure"
-    )
+    assert_same_layout(build(p, bs, DEVICE), build_layout(p, bs), "unsure")
 
 
 def test_patterns_without_parts_are_left_to_layout_py():
     n = 32
     mask = patterns.sliding_window(n, 4).mask
-    assert triton_layout.build_layout_from_parts(patterns.as_pattern(mask), 8, DEVICE) is None
+    assert build(patterns.as_pattern(mask), 8, DEVICE) is None
     # BigBird's blocks at another tile size cover several blocks (or part of one).
-    assert triton_layout.build_layout_from_parts(patterns.bigbird(n, 4, 1, 1, 0), 8, DEVICE) is None
+    assert build(patterns.bigbird(n, 4, 1, 1, 0), 8, DEVICE) is None
 
 
 def test_kernel_layout_takes_the_triton_build(monkeypatch):
@@ -102,7 +113,7 @@ def test_unsure_tile_that_two_parts_fill():
     # neither fills the tile, together they do: only the element test finds it full.
     window, token = patterns.sliding_window(9, 2), patterns.global_tokens(9, [0])
     assert window.block_kinds(3)[0, 0] == PARTIAL and token.block_kinds(3)[0, 0] == PARTIAL
-    ours = triton_layout.build_layout_from_parts(window | token, 3, DEVICE)
+    ours = build(window | token, 3, DEVICE)
     assert ours.kinds[0, 0, 0] == FULL
     assert_same_layout(ours, build_layout(window | token, 3), "filled by two parts")
 
@@ -132,5 +143,5 @@ def test_unsure_tile_that_two_parts_fill():
     ],
 )
 def test_edge_cases(pattern, block_size):
-    ours = triton_layout.build_layout_from_parts(pattern, block_size, DEVICE)
+    ours = build(pattern, block_size, DEVICE)
     assert_same_layout(ours, build_layout(pattern, block_size), repr(pattern))
