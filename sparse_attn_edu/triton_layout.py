@@ -42,6 +42,8 @@ Patterns without parts get their layout from ``layout.py`` and their work from
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -415,33 +417,29 @@ def _placeholder(device: torch.device) -> torch.Tensor:
 
 def _int32_tensors(device, *shapes) -> list[torch.Tensor]:
     """Empty int32 tensors of these shapes, carved out of one allocation."""
-    sizes = [int(np.prod(shape)) for shape in shapes]
+    sizes = [math.prod(shape) for shape in shapes]
     flat = torch.empty(sum(sizes), dtype=torch.int32, device=device)
     return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
 
 
-def _work_sizes(host_counts: torch.Tensor, max_tiles: int) -> np.ndarray:
-    """Items, merges and scratch slots (per batch x head) of the row work and of the column
-    work, (3, 2), from the layout's counts on the host (4, H', nb): the planner's sizes."""
-    lists = host_counts.numpy()[0::2]  # (2, H', nb) entries of each row and column list
-    pieces = np.maximum(-(-lists // max_tiles), 1)
-    cut = pieces > 1
-    slots = np.maximum(np.where(cut, pieces, 0).sum(-1).max(-1), 1)
-    return np.stack([pieces.sum(-1).max(-1), cut.sum(-1).max(-1), slots])
+def _work_shapes(listed: np.ndarray, max_tiles: int) -> tuple[list, list]:
+    """The planner's tables -- row items, row merges, column items, column merges -- as
+    shapes, and the scratch slots per (batch, head) of rows and of columns, from a
+    layout's counts (4, H', nb) on the host."""
+    pieces = np.maximum((listed[0::2] + max_tiles - 1) // max_tiles, 1)  # (2, H', nb)
+    cut = np.where(pieces > 1, pieces, 0)  # pieces of the lists cut
+    items = pieces.sum(-1).max(-1).tolist()  # (2,) the longest group's, rows and columns
+    merges = np.count_nonzero(cut, -1).max(-1).tolist()
+    slots = np.maximum(cut.sum(-1).max(-1), 1).tolist()
+    heads = listed.shape[1]
+    shapes = [(heads, items[0], 5), (heads, merges[0], 3), (heads, items[1], 5)]
+    return [*shapes, (heads, merges[1], 3)], slots
 
 
-def _work_tensors(sizes: np.ndarray, heads: int, device) -> list[torch.Tensor]:
-    """Row items, row merges, column items, column merges, empty, for the planner."""
-    (row_items, col_items), (row_merges, col_merges) = sizes[0].tolist(), sizes[1].tolist()
-    shapes = (heads, row_items, 5), (heads, row_merges, 3), (heads, col_items, 5)
-    return _int32_tensors(device, *shapes, (heads, col_merges, 3))
-
-
-def _work_lists(tensors, sizes: np.ndarray) -> tuple:
+def _work_lists(tables: list, slots: list) -> tuple:
     """The planner's tables as triton_kernels.WorkList of the rows and of the columns."""
-    row_items, row_merges, col_items, col_merges = tensors
-    rows = _setup.WorkList(row_items, row_merges, int(sizes[2, 0]))
-    return rows, _setup.WorkList(col_items, col_merges, int(sizes[2, 1]))
+    rows = _setup.WorkList(tables[0], tables[1], slots[0])
+    return rows, _setup.WorkList(tables[2], tables[3], slots[1])
 
 
 def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
@@ -449,13 +447,13 @@ def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
     layout's counts (4, H', nb) on the host (any layout, ``layout.py``'s too):
     ``_plan_lists`` run as a kernel of its own on `device`."""
     _, heads, nb = host_counts.shape
-    sizes = _work_sizes(host_counts, max_tiles)
-    tensors = _work_tensors(sizes, heads, device)
+    shapes, slots = _work_shapes(host_counts.numpy(), max_tiles)
+    tables = _int32_tensors(device, *shapes)
     _plan_kernel[(1, heads, 2)](
-        host_counts.to(device), *tensors, nb, heads, *sizes[:2].T.ravel().tolist(), max_tiles,
+        host_counts.to(device), *tables, nb, heads, *[shape[1] for shape in shapes], max_tiles,
         BLOCK_NB=max(16, triton.next_power_of_2(nb)),
     )  # fmt: skip
-    return _work_lists(tensors, sizes)
+    return _work_lists(tables, slots)
 
 
 def build_from_parts(
@@ -504,22 +502,24 @@ def build_from_parts(
         BLOCK_BS=block_bs, BLOCK_NB=block_nb, HAS_BLOCKS=blocks is not None, **flags,
     )  # fmt: skip
     host_counts = counts.cpu()  # the one wait for the device
-    num_partial = int((host_counts[0] - host_counts[1]).sum())
-    max_row, max_col = max(int(host_counts[0].max()), 1), max(int(host_counts[2].max()), 1)
-    sizes = _work_sizes(host_counts, max_tiles)
+    listed = host_counts.numpy()
+    num_partial = int(listed[0].sum() - listed[1].sum())
+    max_row, max_col = max(int(listed[0].max()), 1), max(int(listed[2].max()), 1)
+    work_shapes, slots = _work_shapes(listed, max_tiles)
 
-    lists = _int32_tensors(device, *[(heads, nb, w) for w in (max_row, max_row, max_col, max_col)])
-    work = _work_tensors(sizes, heads, device)
+    list_shapes = [(heads, nb, width) for width in (max_row, max_row, max_col, max_col)]
+    tensors = _int32_tensors(device, *list_shapes, *work_shapes)
     masks = torch.empty(max(num_partial, 1), bs, bs, dtype=torch.uint8, device=device)
     _lists_kernel[(nb + 1, heads, 2)](
-        kinds, rank, counts, *lists, masks, *work, *part_args, n, nb, heads, bs,
-        max_row, max_col, *sizes[:2].T.ravel().tolist(), max_tiles,
+        kinds, rank, counts, *tensors[:4], masks, *tensors[4:], *part_args, n, nb, heads, bs,
+        max_row, max_col, *[shape[1] for shape in work_shapes], max_tiles,
         BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
     )  # fmt: skip
-    row_index, row_tile, col_index, col_tile = lists
+    row_index, row_tile, col_index, col_tile = tensors[:4]
+    row_count, row_full_count, col_count, col_full_count = counts.unbind()
     layout = BlockSparseLayout(
-        n, bs, nb, kinds, counts[0], counts[1], row_index, row_tile, counts[2], counts[3],
-        col_index, col_tile, tile_masks=masks[:num_partial].view(torch.bool),
+        n, bs, nb, kinds, row_count, row_full_count, row_index, row_tile, col_count,
+        col_full_count, col_index, col_tile, tile_masks=masks[:num_partial].view(torch.bool),
         host_counts=host_counts,
     )  # fmt: skip
-    return (layout, *_work_lists(work, sizes), masks)
+    return (layout, *_work_lists(tensors[4:], slots), masks)
