@@ -17,7 +17,7 @@ that visit it -- so the same lists are built column-major (``col_*``).
 ``tile_masks`` (T, bs, bs) holds the exact element mask of the T partial tiles only: for a
 band pattern that is O(n * bs) booleans, never n x n. Everything is built from
 ``Pattern.block_kinds`` on the target device and cached on the pattern. Stage 4 builds the
-same layout with three Triton kernels from the pattern's parts (``triton_layout.py``): on a
+same layout with two Triton kernels from the pattern's parts (``triton_layout.py``): on a
 GPU, each of the operations here costs the host more than its work costs the device.
 """
 

@@ -50,10 +50,11 @@ than MAX_TILES_PER_PROGRAM is cut in pieces run by separate programs, whose part
 results a small kernel merges (the same online-softmax update for the output, a plain sum
 for the gradients), and programs are launched longest first (Graham's LPT rule).
 
-The index lists themselves are built once per pattern and cached (``kernel_layout``): by
-three more kernels in ``triton_layout.py`` when the pattern is a union of parts (windows,
-global tokens, BigBird's blocks at their own block size), else by ``layout.py``; the work
-lists above by NumPy.
+The index lists and the work lists (which piece of which list each program walks) are
+built once per pattern and cached (``kernel_layout``): by two more kernels in
+``triton_layout.py`` when the pattern is a union of parts (windows, global tokens,
+BigBird's blocks at their own block size); else the index lists by ``layout.py`` and the
+work lists by the same planner, run as a kernel of its own.
 
 Without a CUDA device, this module sets ``TRITON_INTERPRET=1`` before any kernel is
 defined, so the same kernels run in Triton's interpreter on CPU tensors (slowly: tiny
