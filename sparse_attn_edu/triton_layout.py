@@ -22,7 +22,7 @@ A tile covering queries [qs, qe] and keys [ks, ke] needs no element test to get 
 * blocks, at the layout's own block size (BigBird): one tile is one block, full or empty.
 
 The tile is full when one part fills it, empty when no part touches it, and partial when
-exactly one part touches it without filling it. Where two parts touch it without filling
+exactly one part touches it and none fills it. Where two parts touch it without filling
 it, their union might still cover it: only those few tiles (a partly global block at the
 edge of a window) are tested element by element, as ``layout.py`` refines them.
 
@@ -59,6 +59,15 @@ import triton.language as tl
 UNSURE = 3  # two parts touch the tile without filling it: only an element test can tell
 # The kinds as compile-time constants, the only globals a kernel may read.
 _EMPTY, _PARTIAL, _FULL, _UNSURE = (tl.constexpr(k) for k in (EMPTY, PARTIAL, FULL, UNSURE))
+# The four rows of counts (4, HEADS, NB): entries of each row list, full ones among them,
+# entries of each column list, full ones among them. Column counts are row counts + 2.
+_ROW, _ROW_FULL, _COL, _COL_FULL = (tl.constexpr(k) for k in range(4))
+
+
+@triton.jit
+def _counts_of(counts, which, h, HEADS, NB):
+    """Pointer to counts[which, h, 0]: one head's counts of one kind, NB of them."""
+    return counts + (which * HEADS + h) * NB
 
 
 # ---- the parts, asked about a range ---------------------------------------------------
@@ -187,9 +196,8 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, tokens, NUM_TOKENS, blo
         kind = tl.where(other == o, exact, kind)
     listed = tl.sum((kind != _EMPTY).to(tl.int32), 0)
     full = tl.sum((kind == _FULL).to(tl.int32), 0)
-    slot = counts + (2 * column * HEADS + h) * NB + b
-    tl.store(slot, listed)
-    tl.store(slot + HEADS * NB, full)
+    tl.store(_counts_of(counts, _ROW + 2 * column, h, HEADS, NB) + b, listed)
+    tl.store(_counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB) + b, full)
     if column == 0:
         row = (h * NB + b) * NB + other
         tl.store(kinds + row, kind.to(tl.int8), mask=ok)
@@ -201,14 +209,14 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, tokens, NUM_TOKENS, blo
 
 
 @triton.jit
-def _store_item(item, block, start, stop, slot, full, mask):
+def _store_item(item, block, start, stop, slot, full_count, mask):
     """Work items, the five numbers triton_kernels._work_item reads: block, start, stop,
     slot and mid (its full tiles are entries [start, mid))."""
     tl.store(item, block, mask=mask)
     tl.store(item + 1, start, mask=mask)
     tl.store(item + 2, stop, mask=mask)
     tl.store(item + 3, slot, mask=mask)
-    tl.store(item + 4, tl.minimum(tl.maximum(full, start), stop), mask=mask)
+    tl.store(item + 4, tl.minimum(tl.maximum(full_count, start), stop), mask=mask)
 
 
 @triton.jit
@@ -225,10 +233,10 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
     list by list; merges (MERGES, 3) names each such list, its first slot and its number
     of pieces, then pads with list -1 (nothing to merge).
     """
-    b = tl.arange(0, BLOCK_NB)
-    ok = b < NB
-    count = tl.load(list_count + b, mask=ok, other=0)
-    full = tl.load(list_full + b, mask=ok, other=0)
+    lists = tl.arange(0, BLOCK_NB)
+    ok = lists < NB
+    count = tl.load(list_count + lists, mask=ok, other=0)
+    full_count = tl.load(list_full + lists, mask=ok, other=0)
     whole = count // MAX_TILES  # pieces of exactly MAX_TILES entries
     rest = count - whole * MAX_TILES  # entries of the shorter last piece, if any
     short = ok & ((rest > 0) | (count == 0))
@@ -237,48 +245,54 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
     first_slot = tl.cumsum(cut, 0) - cut
 
     # The pieces of MAX_TILES entries: list after list, piece after piece.
-    first = tl.cumsum(whole, 0) - whole  # where each list's first piece goes
+    first_place = tl.cumsum(whole, 0) - whole  # where each list's first piece goes
     for k in range(tl.max(whole, 0)):
         start = k * MAX_TILES
         slot = tl.where(cut > 0, first_slot + k, -1)
-        _store_item(items + (first + k) * 5, b, start, start + MAX_TILES, slot, full, k < whole)
-    # Then the shorter pieces, longest first: sorting (MAX_TILES - length, list) puts the
-    # k-th of them at place k; past the shorter pieces, keys too large to be any.
-    none = (MAX_TILES + 1) * BLOCK_NB
-    key = tl.sort(tl.where(short, (MAX_TILES - rest) * BLOCK_NB + b, none), 0)
-    owner = key % BLOCK_NB  # the list of the k-th shorter piece (k = b here)
+        _store_item(items + (first_place + k) * 5, lists, start, start + MAX_TILES, slot,
+                    full_count, k < whole)  # fmt: skip
+    # Then the shorter pieces, longest first. One number orders them: a piece of list b
+    # with `rest` entries gets key (MAX_TILES - rest) * BLOCK_NB + b, so a longer piece
+    # comes first and, among equally long ones, the earlier list. After the sort the k-th
+    # key is the k-th piece, and key % BLOCK_NB its list. Lists without a shorter piece get
+    # a key larger than any (`none`). int64: MAX_TILES * BLOCK_NB may pass 2^31.
+    none = (MAX_TILES + 1).to(tl.int64) * BLOCK_NB
+    key = tl.where(short, (MAX_TILES - rest).to(tl.int64) * BLOCK_NB + lists, none)
+    key = tl.sort(key, 0)
+    place = lists  # the k-th sorted key goes to place k among the shorter pieces
+    owner = (key % BLOCK_NB).to(tl.int32)  # the list of that piece
     owner_whole = tl.gather(whole, owner, 0)
     owner_slot = tl.gather(first_slot, owner, 0) + owner_whole  # its slot, if cut
     slot = tl.where(tl.gather(cut, owner, 0) > 0, owner_slot, -1)
     _store_item(
-        items + (tl.sum(whole, 0) + b) * 5,
+        items + (tl.sum(whole, 0) + place) * 5,
         owner,
         owner_whole * MAX_TILES,
         tl.gather(count, owner, 0),
         slot,
-        tl.gather(full, owner, 0),
+        tl.gather(full_count, owner, 0),
         key < none,
     )
 
     # Merges: the lists cut in pieces, in list order.
-    at = tl.cumsum((cut > 0).to(tl.int32), 0) - (cut > 0).to(tl.int32)
-    tl.store(merges + at * 3, b, mask=cut > 0)
+    is_cut = (cut > 0).to(tl.int32)
+    at = tl.cumsum(is_cut, 0) - is_cut
+    tl.store(merges + at * 3, lists, mask=cut > 0)
     tl.store(merges + at * 3 + 1, first_slot, mask=cut > 0)
     tl.store(merges + at * 3 + 2, cut, mask=cut > 0)
-    cut_lists = tl.sum((cut > 0).to(tl.int32), 0)
-    for place in range(cut_lists, MERGES, BLOCK_NB):
-        pad = (place + b) * 3
-        tl.store(merges + pad, -1, mask=place + b < MERGES)
-        tl.store(merges + pad + 1, 0, mask=place + b < MERGES)
-        tl.store(merges + pad + 2, 0, mask=place + b < MERGES)
+    for start in range(tl.sum(is_cut, 0), MERGES, BLOCK_NB):
+        pad = (start + lists) * 3
+        tl.store(merges + pad, -1, mask=start + lists < MERGES)
+        tl.store(merges + pad + 1, 0, mask=start + lists < MERGES)
+        tl.store(merges + pad + 2, 0, mask=start + lists < MERGES)
 
     # Padding: copies of the last item, once every thread's items are in memory.
     tl.debug_barrier()
     size = tl.sum(pieces, 0)
-    for place in range(size, ITEMS, BLOCK_NB):
+    for start in range(size, ITEMS, BLOCK_NB):
         for field in tl.static_range(5):
             value = tl.load(items + (size - 1) * 5 + field)
-            tl.store(items + (place + b) * 5 + field, value, mask=place + b < ITEMS)
+            tl.store(items + (start + lists) * 5 + field, value, mask=start + lists < ITEMS)
 
 
 @triton.jit
@@ -287,13 +301,14 @@ def _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges,
                 BLOCK_NB: tl.constexpr):  # fmt: skip
     """Plan the work on head h's row lists (column == 0) or on its column lists; counts
     (4, HEADS, NB) as _classify_kernel writes them."""
-    lists = counts + (2 * column * HEADS + h) * NB  # these lists' counts; full counts follow
+    list_count = _counts_of(counts, _ROW + 2 * column, h, HEADS, NB)
+    list_full = _counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB)
     if column == 0:
         _plan_lists(
             row_items + h * ROW_ITEMS * 5,
             row_merges + h * ROW_MERGES * 3,
-            lists,
-            lists + HEADS * NB,
+            list_count,
+            list_full,
             NB,
             ROW_ITEMS,
             ROW_MERGES,
@@ -304,8 +319,8 @@ def _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges,
         _plan_lists(
             col_items + h * COL_ITEMS * 5,
             col_merges + h * COL_MERGES * 3,
-            lists,
-            lists + HEADS * NB,
+            list_count,
+            list_full,
             NB,
             COL_ITEMS,
             COL_MERGES,
@@ -334,10 +349,11 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
     # heads before (their rows' counts minus full counts).
     head_base = 0
     for earlier in range(h):
-        head_base += tl.sum(tl.load(counts + earlier * NB + other, mask=ok, other=0), 0)
-        head_base -= tl.sum(tl.load(counts + (HEADS + earlier) * NB + other, mask=ok, other=0), 0)
-    partial_rows = tl.load(counts + h * NB + other, mask=ok, other=0)
-    partial_rows -= tl.load(counts + (HEADS + h) * NB + other, mask=ok, other=0)
+        entries = tl.load(_counts_of(counts, _ROW, earlier, HEADS, NB) + other, mask=ok, other=0)
+        fulls = tl.load(_counts_of(counts, _ROW_FULL, earlier, HEADS, NB) + other, mask=ok, other=0)
+        head_base += tl.sum(entries - fulls, 0)
+    partial_rows = tl.load(_counts_of(counts, _ROW, h, HEADS, NB) + other, mask=ok, other=0)
+    partial_rows -= tl.load(_counts_of(counts, _ROW_FULL, h, HEADS, NB) + other, mask=ok, other=0)
     tile_base = head_base + tl.cumsum(partial_rows, 0) - partial_rows  # (BLOCK_NB,) per row
 
     tiles = (h * NB + rows) * NB + cols  # flat (head, row, column) of each tile
@@ -422,11 +438,17 @@ def _int32_tensors(device, *shapes) -> list[torch.Tensor]:
     return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
 
 
+def _pieces_of_at_most(max_tiles: int, nb: int) -> int:
+    """`max_tiles`, checked, and no more than nb: no list is longer, so cutting at nb cuts
+    nothing, and the planner's numbers stay small."""
+    return min(_check_positive_int("max_tiles", max_tiles), nb)
+
+
 def _work_shapes(listed: np.ndarray, max_tiles: int) -> tuple[list, list]:
     """The planner's tables -- row items, row merges, column items, column merges -- as
     shapes, and the scratch slots per (batch, head) of rows and of columns, from a
     layout's counts (4, H', nb) on the host."""
-    pieces = np.maximum((listed[0::2] + max_tiles - 1) // max_tiles, 1)  # (2, H', nb)
+    pieces = np.maximum(-(-listed[0::2] // max_tiles), 1)  # (2, H', nb)
     cut = np.where(pieces > 1, pieces, 0)  # pieces of the lists cut
     items = pieces.sum(-1).max(-1).tolist()  # (2,) the longest group's, rows and columns
     merges = np.count_nonzero(cut, -1).max(-1).tolist()
@@ -447,6 +469,7 @@ def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
     layout's counts (4, H', nb) on the host (any layout, ``layout.py``'s too):
     ``_plan_lists`` run as a kernel of its own on `device`."""
     _, heads, nb = host_counts.shape
+    max_tiles = _pieces_of_at_most(max_tiles, nb)
     shapes, slots = _work_shapes(host_counts.numpy(), max_tiles)
     tables = _int32_tensors(device, *shapes)
     _plan_kernel[(1, heads, 2)](
@@ -494,7 +517,8 @@ def build_from_parts(
              "HAS_OFFSETS": parts.offsets is not None}  # fmt: skip
 
     kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
-    rank, counts = _int32_tensors(device, (heads, nb, nb), (4, heads, nb))
+    rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch, freed after
+    counts = torch.empty(4, heads, nb, dtype=torch.int32, device=device)  # kept by the layout
     block_nb = max(16, triton.next_power_of_2(nb))
     block_bs = triton.next_power_of_2(bs)
     _classify_kernel[(nb, heads, 2)](
@@ -505,6 +529,7 @@ def build_from_parts(
     listed = host_counts.numpy()
     num_partial = int(listed[0].sum() - listed[1].sum())
     max_row, max_col = max(int(listed[0].max()), 1), max(int(listed[2].max()), 1)
+    max_tiles = _pieces_of_at_most(max_tiles, nb)
     work_shapes, slots = _work_shapes(listed, max_tiles)
 
     list_shapes = [(heads, nb, width) for width in (max_row, max_row, max_col, max_col)]

@@ -145,3 +145,24 @@ def test_unsure_tile_that_two_parts_fill():
 def test_edge_cases(pattern, block_size):
     ours = build(pattern, block_size, DEVICE)
     assert_same_layout(ours, build_layout(pattern, block_size), repr(pattern))
+
+
+def test_a_huge_max_tiles_cuts_nothing():
+    # No list is longer than nb: any max_tiles >= nb plans the same uncut work, with every
+    # block a real one (a key of the planner's sort once overflowed int32 here).
+    p = patterns.longformer(40, 4, (0,))
+    plans = [triton_layout.build_from_parts(p, 8, DEVICE, m)[1:3] for m in (5, 10**9, 2**40)]
+    for rows, cols in plans[1:]:
+        assert torch.equal(rows.items, plans[0][0].items)
+        assert torch.equal(cols.items, plans[0][1].items)
+    assert ((plans[1][0].items[..., 0] >= 0) & (plans[1][0].items[..., 0] < 5)).all()
+    assert (plans[1][0].items[..., 3] == -1).all() and plans[1][0].merges.shape[1] == 0
+    with pytest.raises(ValueError, match="max_tiles"):
+        triton_layout.build_from_parts(p, 8, DEVICE, 0)
+
+
+def test_the_layout_keeps_no_scratch():
+    # The counts it keeps are (4, H', nb) int32, not views into a larger scratch buffer.
+    p = patterns.bigbird(80, 4, 3, 1, 1, num_heads=4)
+    layout = build(p, 4, DEVICE)
+    assert layout.row_count.untyped_storage().nbytes() == 4 * 4 * 4 * 20
