@@ -32,9 +32,10 @@ The kernels (each program owns one row of tiles, or one column):
    partial tile's rank within its row. The host reads the counts (the one wait): they fix
    the sizes of everything that follows.
 2. ``_lists_kernel``: the row lists and the column lists, full tiles first, as
-   ``layout.py`` defines them; each row's program also writes the element masks of its
-   partial tiles. One more program per group of lists plans the attention kernels' work
-   (``_plan_lists``): which piece of which list each of their programs walks.
+   ``layout.py`` defines them, and the element masks of the partial tiles (each by its
+   row's or its column's program, whichever has fewer). One more program per group of
+   lists plans the attention kernels' work (``_plan_lists``): which piece of which list
+   each of their programs walks.
 
 Patterns without parts get their layout from ``layout.py`` and their work from
 ``plan_work``, which runs the same planner as a kernel of its own.
@@ -334,7 +335,7 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
                 offset_prefix, tokens, NUM_TOKENS, N, NB, HEADS, BS,
                 BLOCK_NB: tl.constexpr, BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
                 HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
-    """Row b's list of head h (column == 0) or column b's, and a row's partial tile masks.
+    """Row b's list of head h (column == 0) or column b's, and some partial tiles' masks.
 
     An entry's place is a running count: full tiles take places 0, 1, ... in block order,
     partial tiles follow them. A partial tile (r, c) is tile_masks[tile_base[r] +
@@ -372,16 +373,29 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
     tl.store(index + (h * NB + b) * width + other, 0, mask=pad)
     tl.store(tile + (h * NB + b) * width + other, -1, mask=pad)
 
-    if column == 0:  # each partial tile's element mask, once: by its row's program
-        a = tl.arange(0, BLOCK_BS)
-        inside = (a < BS)[:, None] & (a < BS)[None, :]
-        first = tl.sum(tl.where(other == b, tile_base, 0), 0)
-        for k in range(tl.sum(partial.to(tl.int32), 0)):
-            c = tl.min(tl.where(partial & (within == k), other, BLOCK_NB), 0)
-            allowed = _tile_mask(b, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
-                                 BLOCK_BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
-            addr = ((first + k).to(tl.int64) * BS + a[:, None]) * BS + a[None, :]
-            tl.store(masks + addr, allowed.to(tl.uint8), mask=inside)
+    # Each partial tile's element mask, written once: by its row's program or by its
+    # column's, whichever has fewer partial tiles (the row on a tie). So no program writes
+    # a whole partly global row alone (one global token makes every tile of its row partial).
+    partial_cols = tl.load(_counts_of(counts, _COL, h, HEADS, NB) + other, mask=ok, other=0)
+    partial_cols -= tl.load(_counts_of(counts, _COL_FULL, h, HEADS, NB) + other, mask=ok, other=0)
+    mine = tl.sum(partial.to(tl.int32), 0)  # this row's (or column's) partial tiles
+    if column == 0:
+        writes = partial & (mine <= partial_cols)
+    else:
+        writes = partial & (mine < partial_rows)
+    a = tl.arange(0, BLOCK_BS)
+    inside = (a < BS)[:, None] & (a < BS)[None, :]
+    for _ in range(tl.sum(writes.to(tl.int32), 0)):
+        o = tl.min(tl.where(writes, other, BLOCK_NB), 0)  # leftmost (topmost) one left
+        writes = writes & (other != o)
+        r, c = b, o
+        if column != 0:
+            r, c = o, b
+        allowed = _tile_mask(r, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
+                             BLOCK_BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
+        t = tl.sum(tl.where(other == o, tile_id, 0), 0).to(tl.int64)  # its place in masks
+        tl.store(masks + (t * BS + a[:, None]) * BS + a[None, :], allowed.to(tl.uint8),
+                 mask=inside)  # fmt: skip
 
 
 @triton.jit

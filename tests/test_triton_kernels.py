@@ -220,14 +220,14 @@ def plan_by_loops(count, full_count, max_tiles):
 @settings(max_examples=30, deadline=None)
 @given(
     heads=st.integers(1, 2),
-    nb=st.integers(1, 9),
+    nb=st.integers(1, 12),
     max_tiles=st.integers(1, 4),
     data=st.data(),
 )
 def test_work_plan_against_loops(heads, nb, max_tiles, data):
     # The planner kernel (triton_layout._plan_lists) on counts drawn at random: rows and
     # columns of each head are groups of lists, planned separately.
-    lists = st.lists(st.integers(0, 12), min_size=nb, max_size=nb)
+    lists = st.lists(st.integers(0, nb), min_size=nb, max_size=nb)  # a list has <= nb entries
     count = np.array(data.draw(st.lists(lists, min_size=2 * heads, max_size=2 * heads)))
     full_count = np.array([[data.draw(st.integers(0, c)) for c in row] for row in count])
     host_counts = torch.from_numpy(np.stack([count[:heads], full_count[:heads],
