@@ -173,7 +173,9 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, tokens, NUM_TOKENS, blo
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     other = tl.arange(0, BLOCK_NB)  # the blocks across this row (or down this column)
     ok = other < NB
-    clamped = tl.minimum(other, NB - 1)  # past NB: a real block's kind, then dropped
+    # Lanes past NB ask about a real block, so that every load stays in bounds; their
+    # kind is set to empty right after.
+    clamped = tl.minimum(other, NB - 1)
     if column == 0:
         kind = _tile_kinds(b, clamped, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB,
                            BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
