@@ -515,6 +515,7 @@ def build_from_parts(
         return None
     n, bs = pattern.seq_len, block_size
     nb = triton.cdiv(n, bs)
+    max_tiles = _pieces_of_at_most(max_tiles, nb)
     heads = blocks.layout.shape[0] if blocks is not None and blocks.layout.dim() == 3 else 1
     if heads * nb * nb >= 2**31:  # the kernels index tiles with int32
         return None
@@ -545,7 +546,6 @@ def build_from_parts(
     listed = host_counts.numpy()
     num_partial = int(listed[0].sum() - listed[1].sum())
     max_row, max_col = max(int(listed[0].max()), 1), max(int(listed[2].max()), 1)
-    max_tiles = _pieces_of_at_most(max_tiles, nb)
     work_shapes, slots = _work_shapes(listed, max_tiles)
 
     list_shapes = [(heads, nb, width) for width in (max_row, max_row, max_col, max_col)]
