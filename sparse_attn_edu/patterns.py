@@ -85,12 +85,15 @@ class Parts:
                            or  blocks.layout[h, i // b, j // b]      (b = blocks.block_size)
 
     Each part may be missing (None, or no tokens). Knowing the parts, a tile's kind follows
-    from a few prefix sums, with no element test (``triton_layout.py``).
+    from a few prefix sums, with no element test (``triton_layout.py``). When the allowed
+    offsets are one range lo <= d <= hi (windows, causal, dense and their intersections),
+    `offset_range` says so, and even the prefix sum over the offsets is not needed.
     """
 
     offsets: Callable | None = None  # int tensor of offsets d = i - j -> bool tensor
     tokens: tuple[int, ...] = ()  # global tokens: their rows and their columns
     blocks: BlockPattern | None = None
+    offset_range: tuple[int, int] | None = None  # (lo, hi): offsets(d) is lo <= d <= hi
 
 
 class Pattern(ABC):
@@ -257,16 +260,23 @@ class Pattern(ABC):
 class OffsetPattern(Pattern):
     """A mask that depends only on the offset d = i - j (dense, causal, windows)."""
 
-    def __init__(self, seq_len: int, allowed_offset: Callable, code: str):
+    def __init__(
+        self,
+        seq_len: int,
+        allowed_offset: Callable,
+        code: str,
+        offset_range: tuple[int, int] | None = None,
+    ):
         super().__init__(seq_len)
         self.allowed_offset = allowed_offset  # bool tensor of offsets -> bool tensor
         self.code = code  # the factory call that builds it, for repr and export
+        self.offset_range = offset_range  # (lo, hi) when allowed_offset is lo <= d <= hi
 
     def _allows(self, q_idx, kv_idx, head):
         return self.allowed_offset(q_idx - kv_idx)
 
     def parts(self) -> Parts:
-        return Parts(offsets=self.allowed_offset)
+        return Parts(offsets=self.allowed_offset, offset_range=self.offset_range)
 
     def allowed_pairs(self, block_size: int | None = None) -> int:
         # Offset d occurs n - |d| times: an O(n) count instead of the tile scan.
@@ -438,6 +448,18 @@ def _combined_heads(a: Pattern, b: Pattern) -> int | None:
     return a.num_heads if a.num_heads is not None else b.num_heads
 
 
+def _joined_range(a: tuple | None, b: tuple | None) -> tuple | None:
+    """The union of two offset ranges (lo, hi) when it is one range, else None. A range
+    with lo > hi is empty."""
+    if a is None or b is None:
+        return None
+    if a[0] > a[1] or b[0] > b[1]:  # one of them is empty: the other one
+        return b if a[0] > a[1] else a
+    if max(a[0], b[0]) > min(a[1], b[1]) + 1:  # a gap between them
+        return None
+    return min(a[0], b[0]), max(a[1], b[1])
+
+
 class Union(Pattern):
     """p1 | p2: a pair is allowed when either pattern allows it."""
 
@@ -462,8 +484,10 @@ class Union(Pattern):
             return None
         fa, fb = pa.offsets, pb.offsets
         offsets = (lambda d: fa(d) | fb(d)) if fa and fb else fa or fb
+        ra, rb = pa.offset_range, pb.offset_range
+        offset_range = _joined_range(ra, rb) if fa and fb else (ra if fa else rb)
         tokens = tuple(sorted(set(pa.tokens) | set(pb.tokens)))
-        return Parts(offsets, tokens, pa.blocks or pb.blocks)
+        return Parts(offsets, tokens, pa.blocks or pb.blocks, offset_range)
 
     def _block_kinds(self, block_size, device):
         ka = self.a.block_kinds(block_size, device)
@@ -494,7 +518,9 @@ class Intersection(Union):
         if not all(only_offsets):
             return None
         fa, fb = pa.offsets, pb.offsets
-        return Parts(offsets=lambda d: fa(d) & fb(d))
+        ra, rb = pa.offset_range, pb.offset_range
+        offset_range = (max(ra[0], rb[0]), min(ra[1], rb[1])) if ra and rb else None  # maybe empty
+        return Parts(offsets=lambda d: fa(d) & fb(d), offset_range=offset_range)
 
     def _block_kinds(self, block_size, device):
         ka = self.a.block_kinds(block_size, device)
@@ -512,20 +538,26 @@ class Intersection(Union):
 def dense(seq_len: int) -> Pattern:
     """Every query attends every key."""
     return OffsetPattern(
-        seq_len, lambda d: torch.ones_like(d, dtype=torch.bool), f"dense({seq_len})"
+        seq_len,
+        lambda d: torch.ones_like(d, dtype=torch.bool),
+        f"dense({seq_len})",
+        (-(seq_len - 1), seq_len - 1),
     )
 
 
 def causal(seq_len: int) -> Pattern:
     """Query i attends keys j <= i (autoregressive)."""
-    return OffsetPattern(seq_len, lambda d: d >= 0, f"causal({seq_len})")
+    return OffsetPattern(seq_len, lambda d: d >= 0, f"causal({seq_len})", (0, seq_len - 1))
 
 
 def sliding_window(seq_len: int, window: int) -> Pattern:
     """|i - j| <= window // 2: total width `window` + the token itself, as in Longformer."""
     half = _check_even_window(window) // 2
     return OffsetPattern(
-        seq_len, lambda d: d.abs() <= half, f"sliding_window({seq_len}, window={window})"
+        seq_len,
+        lambda d: d.abs() <= half,
+        f"sliding_window({seq_len}, window={window})",
+        (-half, half),
     )
 
 
@@ -537,6 +569,7 @@ def dilated_window(seq_len: int, window: int, dilation: int) -> Pattern:
         seq_len,
         lambda d: (d.abs() <= half * dilation) & (d % dilation == 0),
         f"dilated_window({seq_len}, window={window}, dilation={dilation})",
+        (-half, half) if dilation == 1 else None,
     )
 
 

@@ -13,9 +13,11 @@ their unions):
 
 A tile covering queries [qs, qe] and keys [ks, ke] needs no element test to get its kind:
 
-* offsets: the tile holds exactly the offsets [qs - ke, qe - ks]. A prefix sum over all
-  2n - 1 offsets counts how many of them are allowed: all of them make every pair allowed
-  (full), none of them make this part add nothing.
+* offsets: the tile holds exactly the offsets [qs - ke, qe - ks]. Count how many of them
+  are allowed: all of them make every pair allowed (full), none of them make this part
+  add nothing. When the allowed offsets are one range [lo, hi] (windows, causal, dense and
+  their intersections: ``Parts.offset_range``), the count is the overlap of two ranges;
+  otherwise (a dilated window) a prefix sum over all 2n - 1 offsets gives it.
 * tokens: a binary search in the sorted global tokens counts those among the tile's
   queries and among its keys: all queries or all keys global is full, none of either adds
   nothing.
@@ -63,6 +65,9 @@ _EMPTY, _PARTIAL, _FULL, _UNSURE = (tl.constexpr(k) for k in (EMPTY, PARTIAL, FU
 # The four rows of counts (4, HEADS, NB): entries of each row list, full ones among them,
 # entries of each column list, full ones among them. Column counts are row counts + 2.
 _ROW, _ROW_FULL, _COL, _COL_FULL = (tl.constexpr(k) for k in range(4))
+# How the kernels read the offsets part: none, a prefix sum over all offsets, or a range.
+NO_OFFSETS, PREFIX, RANGE = 0, 1, 2
+_NO_OFFSETS, _PREFIX, _RANGE = (tl.constexpr(k) for k in (NO_OFFSETS, PREFIX, RANGE))
 
 
 @triton.jit
@@ -75,11 +80,15 @@ def _counts_of(counts, which, h, HEADS, NB):
 
 
 @triton.jit
-def _offsets_in(offset_prefix, lo, hi, N):
-    """How many allowed offsets lie in [lo, hi]; offset_prefix[k] counts the allowed ones
-    among the k + 1 smallest, -(N - 1), ..., k - (N - 1)."""
-    below = tl.load(offset_prefix + lo + N - 2, mask=lo > 1 - N, other=0)
-    return tl.load(offset_prefix + hi + N - 1) - below
+def _offsets_in(offset_prefix, OFF_LO, OFF_HI, lo, hi, N, OFFSETS: tl.constexpr):
+    """How many allowed offsets lie in [lo, hi]. OFFSETS == _RANGE: the allowed ones are
+    OFF_LO <= d <= OFF_HI, count the overlap. OFFSETS == _PREFIX: offset_prefix[k] counts
+    the allowed ones among the k + 1 smallest, -(N - 1), ..., k - (N - 1)."""
+    if OFFSETS == _RANGE:
+        return tl.maximum(tl.minimum(hi, OFF_HI) - tl.maximum(lo, OFF_LO) + 1, 0)
+    else:
+        below = tl.load(offset_prefix + lo + N - 2, mask=lo > 1 - N, other=0)
+        return tl.load(offset_prefix + hi + N - 1) - below
 
 
 @triton.jit
@@ -99,8 +108,8 @@ def _tokens_below(tokens, NUM_TOKENS, x, TOKEN_STEPS: tl.constexpr):
 
 
 @triton.jit
-def _tile_kinds(r, c, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB, BS,
-                TOKEN_STEPS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
+def _tile_kinds(r, c, h, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, blocks, N, NB, BS,
+                TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
                 HAS_TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
     """Kinds of the tiles (r, c) of layout head h; r or c is a vector of blocks < NB."""
     qs = r * BS
@@ -109,9 +118,9 @@ def _tile_kinds(r, c, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB, BS,
     ke = tl.minimum(ks + BS, N) - 1
     filled = tl.zeros_like(qs + ks) != 0  # all False, shaped like whichever is a vector
     touched = filled.to(tl.int32)  # how many parts allow some pair of the tile
-    if HAS_OFFSETS:
+    if OFFSETS != _NO_OFFSETS:
         lo, hi = qs - ke, qe - ks  # the tile's smallest and largest offset i - j
-        allowed = _offsets_in(offset_prefix, lo, hi, N)
+        allowed = _offsets_in(offset_prefix, OFF_LO, OFF_HI, lo, hi, N, OFFSETS)
         filled |= allowed == hi - lo + 1
         touched += (allowed > 0).to(tl.int32)
     if HAS_TOKENS:
@@ -130,9 +139,9 @@ def _tile_kinds(r, c, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB, BS,
 
 
 @triton.jit
-def _tile_mask(r, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
+def _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, BS,
                BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
-               HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
+               OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
     """Element mask of tile (r, c), (BLOCK_BS, BLOCK_BS), False past N and past BS.
 
     Only offsets and tokens are tested: at its own size a block is full or empty, so
@@ -144,9 +153,9 @@ def _tile_mask(r, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
     i_ok, j_ok = (a < BS) & (i < N), (a < BS) & (j < N)
     inside = i_ok[:, None] & j_ok[None, :]
     allowed = tl.zeros([BLOCK_BS, BLOCK_BS], dtype=tl.int1)
-    if HAS_OFFSETS:
+    if OFFSETS != _NO_OFFSETS:
         d = tl.where(inside, i[:, None] - j[None, :], 0)
-        allowed |= _offsets_in(offset_prefix, d, d, N) > 0
+        allowed |= _offsets_in(offset_prefix, OFF_LO, OFF_HI, d, d, N, OFFSETS) > 0
     if HAS_TOKENS:
         i_global = _tokens_below(tokens, NUM_TOKENS, i + 1, TOKEN_STEPS) > _tokens_below(
             tokens, NUM_TOKENS, i, TOKEN_STEPS)  # fmt: skip
@@ -160,9 +169,9 @@ def _tile_mask(r, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
 
 
 @triton.jit
-def _classify_kernel(kinds, rank, counts, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB,
-                     HEADS, BS, BLOCK_BS: tl.constexpr, BLOCK_NB: tl.constexpr,
-                     TOKEN_STEPS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
+def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS,
+                     blocks, N, NB, HEADS, BS, BLOCK_BS: tl.constexpr, BLOCK_NB: tl.constexpr,
+                     TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
                      HAS_TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
     """Program (b, h, 0) classifies row b of head h, program (b, h, 1) column b.
 
@@ -177,11 +186,13 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, tokens, NUM_TOKENS, blo
     # kind is set to empty right after.
     clamped = tl.minimum(other, NB - 1)
     if column == 0:
-        kind = _tile_kinds(b, clamped, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB,
-                           BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
+        kind = _tile_kinds(b, clamped, h, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS,
+                           blocks, N, NB, BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS,
+                           HAS_BLOCKS)  # fmt: skip
     else:
-        kind = _tile_kinds(clamped, b, h, offset_prefix, tokens, NUM_TOKENS, blocks, N, NB,
-                           BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS, HAS_BLOCKS)  # fmt: skip
+        kind = _tile_kinds(clamped, b, h, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS,
+                           blocks, N, NB, BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS,
+                           HAS_BLOCKS)  # fmt: skip
     kind = tl.where(ok, kind, _EMPTY)
     # Unsure tiles are tested element by element, leftmost first, until none is left (by
     # the row's program and again by the column's). For Longformer they are few: where a
@@ -191,8 +202,8 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, tokens, NUM_TOKENS, blo
         r, c = b, o
         if column != 0:
             r, c = o, b
-        allowed = _tile_mask(r, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
-                             BLOCK_BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
+        allowed = _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, BS,
+                             BLOCK_BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS)  # fmt: skip
         pairs = tl.sum(tl.sum(allowed.to(tl.int32), 1), 0)
         area = (tl.minimum(r * BS + BS, N) - r * BS) * (tl.minimum(c * BS + BS, N) - c * BS)
         exact = tl.where(pairs == area, _FULL, tl.where(pairs > 0, _PARTIAL, _EMPTY))
@@ -334,9 +345,9 @@ def _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges,
 
 @triton.jit
 def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
-                offset_prefix, tokens, NUM_TOKENS, N, NB, HEADS, BS,
+                offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, NB, HEADS, BS,
                 BLOCK_NB: tl.constexpr, BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
-                HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
+                OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
     """Row b's list of head h (column == 0) or column b's, and some partial tiles' masks.
 
     An entry's place is a running count: full tiles take places 0, 1, ... in block order,
@@ -393,8 +404,8 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
         r, c = b, o
         if column != 0:
             r, c = o, b
-        allowed = _tile_mask(r, c, offset_prefix, tokens, NUM_TOKENS, N, BS,
-                             BLOCK_BS, TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
+        allowed = _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, BS,
+                             BLOCK_BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS)  # fmt: skip
         t = tl.sum(tl.where(other == o, tile_id, 0), 0).to(tl.int64)  # its place in masks
         tl.store(masks + (t * BS + a[:, None]) * BS + a[None, :], allowed.to(tl.uint8),
                  mask=inside)  # fmt: skip
@@ -402,11 +413,11 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
 
 @triton.jit
 def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile, masks,
-                  row_items, row_merges, col_items, col_merges, offset_prefix, tokens,
-                  NUM_TOKENS, N, NB, HEADS, BS, ROW_WIDTH, COL_WIDTH, ROW_ITEMS, ROW_MERGES,
-                  COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB: tl.constexpr,
+                  row_items, row_merges, col_items, col_merges, offset_prefix, OFF_LO,
+                  OFF_HI, tokens, NUM_TOKENS, N, NB, HEADS, BS, ROW_WIDTH, COL_WIDTH,
+                  ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB: tl.constexpr,
                   BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
-                  HAS_OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
+                  OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
     """Program (b < NB, h, 0) writes row b's list of head h, (b < NB, h, 1) column b's;
     program (NB, h, 0) plans the work on head h's rows, (NB, h, 1) on its columns."""
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -415,12 +426,12 @@ def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile,
                     ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
     elif column == 0:
         _write_list(b, h, column, kinds, rank, counts, row_index, row_tile, ROW_WIDTH, masks,
-                    offset_prefix, tokens, NUM_TOKENS, N, NB, HEADS, BS, BLOCK_NB, BLOCK_BS,
-                    TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
+                    offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, NB, HEADS, BS,
+                    BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS)  # fmt: skip
     else:
         _write_list(b, h, column, kinds, rank, counts, col_index, col_tile, COL_WIDTH, masks,
-                    offset_prefix, tokens, NUM_TOKENS, N, NB, HEADS, BS, BLOCK_NB, BLOCK_BS,
-                    TOKEN_STEPS, HAS_OFFSETS, HAS_TOKENS)  # fmt: skip
+                    offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, NB, HEADS, BS,
+                    BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS)  # fmt: skip
 
 
 @triton.jit
@@ -522,16 +533,19 @@ def build_from_parts(
 
     # What the kernels read of the parts; a part that is missing: a placeholder, never read.
     offset_prefix = tokens = block_bytes = _placeholder(device)
-    if parts.offsets is not None:
+    offsets, (lo, hi) = NO_OFFSETS, (0, 0)
+    if parts.offset_range is not None:  # lo <= d <= hi: two numbers are enough
+        offsets, (lo, hi) = RANGE, parts.offset_range
+    elif parts.offsets is not None:
         allowed = parts.offsets(torch.arange(-(n - 1), n, device=device))  # (2n - 1,)
-        offset_prefix = allowed.cumsum(0, dtype=torch.int32)
+        offsets, offset_prefix = PREFIX, allowed.cumsum(0, dtype=torch.int32)
     if parts.tokens:
         tokens = torch.tensor(parts.tokens, dtype=torch.int32, device=device)  # sorted
     if blocks is not None:
         block_bytes = blocks._on("layout", device).view(torch.uint8)
-    part_args = (offset_prefix, tokens, len(parts.tokens))
+    part_args = (offset_prefix, lo, hi, tokens, len(parts.tokens))
     flags = {"TOKEN_STEPS": len(parts.tokens).bit_length(), "HAS_TOKENS": bool(parts.tokens),
-             "HAS_OFFSETS": parts.offsets is not None}  # fmt: skip
+             "OFFSETS": offsets}  # fmt: skip
 
     kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
     rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch, freed after

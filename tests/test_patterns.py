@@ -528,3 +528,37 @@ def test_which_patterns_have_parts():
     assert all(p.parts() is not None for p in has)
     assert all(p.parts() is None for p in lacks)
     assert patterns.longformer(n, 4, [0, 7, 1]).parts().tokens == (0, 1, 7)
+
+
+@SETTINGS
+@given(case=any_pattern())
+def test_offset_ranges_are_the_offsets(case):
+    # Where the parts give a range, the allowed offsets are exactly lo <= d <= hi.
+    p, _ = case
+    parts = p.parts()
+    if parts is not None and parts.offset_range is not None:
+        lo, hi = parts.offset_range
+        d = torch.arange(-(p.seq_len - 1), p.seq_len)
+        assert torch.equal(parts.offsets(d), (d >= lo) & (d <= hi)), repr(p)
+
+
+def test_which_offsets_are_one_range():
+    n = 20
+    window, causal = patterns.sliding_window(n, 4), patterns.causal(n)
+    dilated = patterns.dilated_window(n, 4, 2)
+    past = patterns.OffsetPattern(n, lambda d: d <= -5, "past", (-(n - 1), -5))
+    ranges = {
+        window: (-2, 2),
+        window & causal: (0, 2),
+        window | causal: (-2, 19),
+        patterns.dense(n): (-19, 19),
+        patterns.longformer(n, 4, [0]): (-2, 2),
+        patterns.dilated_window(n, 4, 1): (-2, 2),
+        (past & causal) | window: (-2, 2),  # an empty range joins any other
+        dilated: None,
+        window | dilated: None,
+        window | (past & patterns.sliding_window(n, 12)): None,  # a gap: -6..-5, then -2..2
+    }
+    for p, expected in ranges.items():
+        assert p.parts().offset_range == expected, repr(p)
+    assert (past & causal).parts().offset_range == (0, -5)  # empty: no offset allowed

@@ -166,3 +166,14 @@ def test_the_layout_keeps_no_scratch():
     p = patterns.bigbird(80, 4, 3, 1, 1, num_heads=4)
     layout = build(p, 4, DEVICE)
     assert layout.row_count.untyped_storage().nbytes() == 4 * 4 * 4 * 20
+
+
+def test_offsets_read_as_a_range_or_as_a_prefix():
+    # One range of offsets needs two numbers, others a prefix sum: both give layout.py's.
+    n, bs = 45, 8
+    window, causal = patterns.sliding_window(n, 10), patterns.causal(n)
+    past = patterns.OffsetPattern(n, lambda d: d <= -5, "past", (-(n - 1), -5))
+    cases = [window & causal, past & causal, patterns.dilated_window(n, 6, 3) | causal]
+    assert [p.parts().offset_range for p in cases] == [(0, 5), (0, -5), None]
+    for p in cases:
+        assert_same_layout(build(p, bs, DEVICE), build_layout(p, bs), repr(p))
