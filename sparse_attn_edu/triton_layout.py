@@ -19,7 +19,8 @@ A tile covering queries [qs, qe] and keys [ks, ke] needs no element test to get 
   their intersections: ``Parts.offset_range``), the count is the overlap of two ranges;
   otherwise (a dilated window) a prefix sum over all 2n - 1 offsets gives it.
 * tokens: a binary search in the sorted global tokens counts those among the tile's
-  queries and among its keys: all queries or all keys global is full, none of either adds
+  queries and among its keys (consecutive tokens, such as Longformer's first ones: the
+  overlap of two ranges): all queries or all keys global is full, none of either adds
   nothing.
 * blocks, at the layout's own block size (BigBird): one tile is one block, full or empty.
 
@@ -68,6 +69,9 @@ _ROW, _ROW_FULL, _COL, _COL_FULL = (tl.constexpr(k) for k in range(4))
 # How the kernels read the offsets part: none, a prefix sum over all offsets, or a range.
 NO_OFFSETS, PREFIX, RANGE = 0, 1, 2
 _NO_OFFSETS, _PREFIX, _RANGE = (tl.constexpr(k) for k in (NO_OFFSETS, PREFIX, RANGE))
+# How they read the global tokens: none, a sorted list, or one run of consecutive ones.
+NO_TOKENS, LIST, RUN = 0, 1, 2
+_NO_TOKENS, _LIST, _RUN = (tl.constexpr(k) for k in (NO_TOKENS, LIST, RUN))
 
 
 @triton.jit
@@ -108,9 +112,23 @@ def _tokens_below(tokens, NUM_TOKENS, x, TOKEN_STEPS: tl.constexpr):
 
 
 @triton.jit
-def _tile_kinds(r, c, h, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, blocks, N, NB, BS,
-                TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
-                HAS_TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
+def _tokens_in(tokens, FIRST_TOKEN, NUM_TOKENS, lo, hi, TOKENS: tl.constexpr,
+               TOKEN_STEPS: tl.constexpr):  # fmt: skip
+    """How many global tokens lie in [lo, hi]. TOKENS == _RUN: they are the NUM_TOKENS
+    positions from FIRST_TOKEN on (Longformer's first tokens), count the overlap. TOKENS ==
+    _LIST: search the sorted list `tokens` twice."""
+    if TOKENS == _RUN:
+        last = FIRST_TOKEN + NUM_TOKENS - 1
+        return tl.maximum(tl.minimum(hi, last) - tl.maximum(lo, FIRST_TOKEN) + 1, 0)
+    else:
+        below_hi = _tokens_below(tokens, NUM_TOKENS, hi + 1, TOKEN_STEPS)
+        return below_hi - _tokens_below(tokens, NUM_TOKENS, lo, TOKEN_STEPS)
+
+
+@triton.jit
+def _tile_kinds(r, c, h, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS,
+                blocks, N, NB, BS, TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
+                TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
     """Kinds of the tiles (r, c) of layout head h; r or c is a vector of blocks < NB."""
     qs = r * BS
     qe = tl.minimum(qs + BS, N) - 1  # the last block may be short
@@ -123,11 +141,9 @@ def _tile_kinds(r, c, h, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, bloc
         allowed = _offsets_in(offset_prefix, OFF_LO, OFF_HI, lo, hi, N, OFFSETS)
         filled |= allowed == hi - lo + 1
         touched += (allowed > 0).to(tl.int32)
-    if HAS_TOKENS:
-        in_rows = _tokens_below(tokens, NUM_TOKENS, qe + 1, TOKEN_STEPS) - _tokens_below(
-            tokens, NUM_TOKENS, qs, TOKEN_STEPS)  # fmt: skip
-        in_cols = _tokens_below(tokens, NUM_TOKENS, ke + 1, TOKEN_STEPS) - _tokens_below(
-            tokens, NUM_TOKENS, ks, TOKEN_STEPS)  # fmt: skip
+    if TOKENS != _NO_TOKENS:
+        in_rows = _tokens_in(tokens, FIRST_TOKEN, NUM_TOKENS, qs, qe, TOKENS, TOKEN_STEPS)
+        in_cols = _tokens_in(tokens, FIRST_TOKEN, NUM_TOKENS, ks, ke, TOKENS, TOKEN_STEPS)
         filled |= (in_rows == qe - qs + 1) | (in_cols == ke - ks + 1)
         touched += ((in_rows > 0) | (in_cols > 0)).to(tl.int32)
     if HAS_BLOCKS:
@@ -139,9 +155,9 @@ def _tile_kinds(r, c, h, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, bloc
 
 
 @triton.jit
-def _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, BS,
+def _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, BS,
                BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
-               OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
+               OFFSETS: tl.constexpr, TOKENS: tl.constexpr):  # fmt: skip
     """Element mask of tile (r, c), (BLOCK_BS, BLOCK_BS), False past N and past BS.
 
     Only offsets and tokens are tested: at its own size a block is full or empty, so
@@ -156,11 +172,9 @@ def _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, BS,
     if OFFSETS != _NO_OFFSETS:
         d = tl.where(inside, i[:, None] - j[None, :], 0)
         allowed |= _offsets_in(offset_prefix, OFF_LO, OFF_HI, d, d, N, OFFSETS) > 0
-    if HAS_TOKENS:
-        i_global = _tokens_below(tokens, NUM_TOKENS, i + 1, TOKEN_STEPS) > _tokens_below(
-            tokens, NUM_TOKENS, i, TOKEN_STEPS)  # fmt: skip
-        j_global = _tokens_below(tokens, NUM_TOKENS, j + 1, TOKEN_STEPS) > _tokens_below(
-            tokens, NUM_TOKENS, j, TOKEN_STEPS)  # fmt: skip
+    if TOKENS != _NO_TOKENS:
+        i_global = _tokens_in(tokens, FIRST_TOKEN, NUM_TOKENS, i, i, TOKENS, TOKEN_STEPS) > 0
+        j_global = _tokens_in(tokens, FIRST_TOKEN, NUM_TOKENS, j, j, TOKENS, TOKEN_STEPS) > 0
         allowed |= i_global[:, None] | j_global[None, :]
     return allowed & inside
 
@@ -169,10 +183,10 @@ def _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, BS,
 
 
 @triton.jit
-def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS,
-                     blocks, N, NB, HEADS, BS, BLOCK_BS: tl.constexpr, BLOCK_NB: tl.constexpr,
-                     TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
-                     HAS_TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
+def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
+                     NUM_TOKENS, blocks, N, NB, HEADS, BS, BLOCK_BS: tl.constexpr,
+                     BLOCK_NB: tl.constexpr, TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
+                     TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
     """Program (b, h, 0) classifies row b of head h, program (b, h, 1) column b.
 
     counts (4, HEADS, NB): row count, row full count, column count, column full count;
@@ -186,12 +200,12 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens,
     # kind is set to empty right after.
     clamped = tl.minimum(other, NB - 1)
     if column == 0:
-        kind = _tile_kinds(b, clamped, h, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS,
-                           blocks, N, NB, BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS,
+        kind = _tile_kinds(b, clamped, h, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
+                           NUM_TOKENS, blocks, N, NB, BS, TOKEN_STEPS, OFFSETS, TOKENS,
                            HAS_BLOCKS)  # fmt: skip
     else:
-        kind = _tile_kinds(clamped, b, h, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS,
-                           blocks, N, NB, BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS,
+        kind = _tile_kinds(clamped, b, h, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
+                           NUM_TOKENS, blocks, N, NB, BS, TOKEN_STEPS, OFFSETS, TOKENS,
                            HAS_BLOCKS)  # fmt: skip
     kind = tl.where(ok, kind, _EMPTY)
     # Unsure tiles are tested element by element, leftmost first, until none is left (by
@@ -202,8 +216,8 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens,
         r, c = b, o
         if column != 0:
             r, c = o, b
-        allowed = _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, BS,
-                             BLOCK_BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS)  # fmt: skip
+        allowed = _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
+                             NUM_TOKENS, N, BS, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
         pairs = tl.sum(tl.sum(allowed.to(tl.int32), 1), 0)
         area = (tl.minimum(r * BS + BS, N) - r * BS) * (tl.minimum(c * BS + BS, N) - c * BS)
         exact = tl.where(pairs == area, _FULL, tl.where(pairs > 0, _PARTIAL, _EMPTY))
@@ -345,9 +359,9 @@ def _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges,
 
 @triton.jit
 def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
-                offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, NB, HEADS, BS,
+                offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB, HEADS, BS,
                 BLOCK_NB: tl.constexpr, BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
-                OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
+                OFFSETS: tl.constexpr, TOKENS: tl.constexpr):  # fmt: skip
     """Row b's list of head h (column == 0) or column b's, and some partial tiles' masks.
 
     An entry's place is a running count: full tiles take places 0, 1, ... in block order,
@@ -404,8 +418,8 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
         r, c = b, o
         if column != 0:
             r, c = o, b
-        allowed = _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, BS,
-                             BLOCK_BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS)  # fmt: skip
+        allowed = _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
+                             NUM_TOKENS, N, BS, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
         t = tl.sum(tl.where(other == o, tile_id, 0), 0).to(tl.int64)  # its place in masks
         tl.store(masks + (t * BS + a[:, None]) * BS + a[None, :], allowed.to(tl.uint8),
                  mask=inside)  # fmt: skip
@@ -414,10 +428,10 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
 @triton.jit
 def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile, masks,
                   row_items, row_merges, col_items, col_merges, offset_prefix, OFF_LO,
-                  OFF_HI, tokens, NUM_TOKENS, N, NB, HEADS, BS, ROW_WIDTH, COL_WIDTH,
+                  OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB, HEADS, BS, ROW_WIDTH, COL_WIDTH,
                   ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB: tl.constexpr,
                   BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
-                  OFFSETS: tl.constexpr, HAS_TOKENS: tl.constexpr):  # fmt: skip
+                  OFFSETS: tl.constexpr, TOKENS: tl.constexpr):  # fmt: skip
     """Program (b < NB, h, 0) writes row b's list of head h, (b < NB, h, 1) column b's;
     program (NB, h, 0) plans the work on head h's rows, (NB, h, 1) on its columns."""
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -426,12 +440,12 @@ def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile,
                     ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
     elif column == 0:
         _write_list(b, h, column, kinds, rank, counts, row_index, row_tile, ROW_WIDTH, masks,
-                    offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, NB, HEADS, BS,
-                    BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS)  # fmt: skip
+                    offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB,
+                    HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
     else:
         _write_list(b, h, column, kinds, rank, counts, col_index, col_tile, COL_WIDTH, masks,
-                    offset_prefix, OFF_LO, OFF_HI, tokens, NUM_TOKENS, N, NB, HEADS, BS,
-                    BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, HAS_TOKENS)  # fmt: skip
+                    offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB,
+                    HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
 
 
 @triton.jit
@@ -539,13 +553,16 @@ def build_from_parts(
     elif parts.offsets is not None:
         allowed = parts.offsets(torch.arange(-(n - 1), n, device=device))  # (2n - 1,)
         offsets, offset_prefix = PREFIX, allowed.cumsum(0, dtype=torch.int32)
-    if parts.tokens:
+    token_mode, first_token, steps = NO_TOKENS, 0, 0
+    if parts.tokens and parts.tokens[-1] - parts.tokens[0] + 1 == len(parts.tokens):
+        token_mode, first_token = RUN, parts.tokens[0]  # consecutive: their first is enough
+    elif parts.tokens:
         tokens = torch.tensor(parts.tokens, dtype=torch.int32, device=device)  # sorted
+        token_mode, steps = LIST, len(parts.tokens).bit_length()
     if blocks is not None:
         block_bytes = blocks._on("layout", device).view(torch.uint8)
-    part_args = (offset_prefix, lo, hi, tokens, len(parts.tokens))
-    flags = {"TOKEN_STEPS": len(parts.tokens).bit_length(), "HAS_TOKENS": bool(parts.tokens),
-             "OFFSETS": offsets}  # fmt: skip
+    part_args = (offset_prefix, lo, hi, tokens, first_token, len(parts.tokens))
+    flags = {"TOKEN_STEPS": steps, "TOKENS": token_mode, "OFFSETS": offsets}
 
     kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
     rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch, freed after

@@ -177,3 +177,12 @@ def test_offsets_read_as_a_range_or_as_a_prefix():
     assert [p.parts().offset_range for p in cases] == [(0, 5), (0, -5), None]
     for p in cases:
         assert_same_layout(build(p, bs, DEVICE), build_layout(p, bs), repr(p))
+
+
+def test_global_tokens_read_as_a_run_or_as_a_list():
+    # Consecutive tokens (Longformer's first ones) are read as a run, others searched in
+    # the sorted list: both give layout.py's layout, partly global blocks included.
+    n, bs = 50, 8
+    for tokens in (range(5, 12), range(0, 16), (3, 9, 10), (20,)):
+        p = patterns.longformer(n, 6, tokens)
+        assert_same_layout(build(p, bs, DEVICE), build_layout(p, bs), repr(p))
