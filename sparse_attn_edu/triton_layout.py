@@ -331,30 +331,13 @@ def _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges,
     (4, HEADS, NB) as _classify_kernel writes them."""
     list_count = _counts_of(counts, _ROW + 2 * column, h, HEADS, NB)
     list_full = _counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB)
-    if column == 0:
-        _plan_lists(
-            row_items + h * ROW_ITEMS * 5,
-            row_merges + h * ROW_MERGES * 3,
-            list_count,
-            list_full,
-            NB,
-            ROW_ITEMS,
-            ROW_MERGES,
-            MAX_TILES,
-            BLOCK_NB,
-        )
-    else:
-        _plan_lists(
-            col_items + h * COL_ITEMS * 5,
-            col_merges + h * COL_MERGES * 3,
-            list_count,
-            list_full,
-            NB,
-            COL_ITEMS,
-            COL_MERGES,
-            MAX_TILES,
-            BLOCK_NB,
-        )
+    items, merges = row_items + h * ROW_ITEMS * 5, row_merges + h * ROW_MERGES * 3
+    num_items, num_merges = ROW_ITEMS + 0 * h, ROW_MERGES + 0 * h  # runtime ints in both
+    if column != 0:
+        items, merges = col_items + h * COL_ITEMS * 5, col_merges + h * COL_MERGES * 3
+        num_items, num_merges = COL_ITEMS + 0 * h, COL_MERGES + 0 * h
+    _plan_lists(items, merges, list_count, list_full, NB, num_items, num_merges, MAX_TILES,
+                BLOCK_NB)  # fmt: skip
 
 
 @triton.jit
@@ -438,12 +421,11 @@ def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile,
     if b == NB:
         _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges, NB, HEADS,
                     ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
-    elif column == 0:
-        _write_list(b, h, column, kinds, rank, counts, row_index, row_tile, ROW_WIDTH, masks,
-                    offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB,
-                    HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
     else:
-        _write_list(b, h, column, kinds, rank, counts, col_index, col_tile, COL_WIDTH, masks,
+        index, tile, width = row_index, row_tile, ROW_WIDTH + 0 * b  # runtime ints in both
+        if column != 0:
+            index, tile, width = col_index, col_tile, COL_WIDTH + 0 * b
+        _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
                     offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB,
                     HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
 
