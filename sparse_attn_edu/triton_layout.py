@@ -284,7 +284,7 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
     # comes first and, among equally long ones, the earlier list. After the sort the k-th
     # key is the k-th piece, and key % BLOCK_NB its list. Lists without a shorter piece get
     # a key larger than any (`none`). int64: MAX_TILES * BLOCK_NB may pass 2^31.
-    none = (MAX_TILES + 1).to(tl.int64) * BLOCK_NB
+    none = tl.cast(MAX_TILES + 1, tl.int64) * BLOCK_NB  # tl.cast: MAX_TILES may be a constant
     key = tl.where(short, (MAX_TILES - rest).to(tl.int64) * BLOCK_NB + lists, none)
     key = tl.sort(key, 0)
     place = lists  # the k-th sorted key goes to place k among the shorter pieces
