@@ -4,7 +4,10 @@ triton_layout.py's kernels, and both against one forward+backward pass.
 Run on a CUDA machine from the repository root (``PYTHONPATH=. python
 scripts/index_build_timing.py``); writes ``$OUT/gpu_index_build.json`` (or the current
 folder). Every build starts from a fresh pattern (caches empty) after a first build has
-compiled the kernels; times are medians with a synchronize before and after. It also
+compiled the kernels; times are medians with a synchronize before and after. The builds
+of one median are kept until it is taken, so each asks CUDA for new memory, as when a
+program keeps several patterns; ``kernel_layout_released_ms`` drops each before the next,
+so PyTorch's caching allocator hands the same memory back, as in the bench. It also
 checks that both builds give the same layout, field by field, and the same work lists.
 """
 
@@ -33,15 +36,19 @@ PATTERNS = {
 }
 
 
-def median_ms(build, make, repeats: int) -> float:
-    """Median time of build(fresh pattern), with the device idle before and after."""
-    times = []
-    for pattern in [make() for _ in range(repeats)]:
+def median_ms(build, make, repeats: int, keep: bool = True) -> float:
+    """Median time of build(fresh pattern), with the device idle before and after; with
+    `keep`, every build stays alive until the end."""
+    times, kept = [], []
+    for _ in range(repeats):
+        pattern = make()
         torch.cuda.synchronize()
         start = time.perf_counter()
-        build(pattern)
+        built = build(pattern)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        if keep:
+            kept.append((pattern, built))
     return statistics.median(times) * 1e3
 
 
@@ -68,6 +75,9 @@ def measure(factory, n: int) -> dict:
         "batch": batch,
         # The whole build: layout, work lists and masks (two kernels, one wait).
         "kernel_layout_ms": median_ms(lambda p: tk.kernel_layout(p, 64, DEVICE), make, 15),
+        "kernel_layout_released_ms": median_ms(
+            lambda p: tk.kernel_layout(p, 64, DEVICE), make, 15, keep=False
+        ),
         # layout.py's build, then the planner as a kernel of its own (patterns without parts).
         "layout_py_ms": median_ms(lambda p: build_layout(p, 64, DEVICE), make, 7),
         "layout_py_and_plan_ms": median_ms(

@@ -265,8 +265,10 @@ def measure(args, method: str, n: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     result["first_build_s"] = time.perf_counter() - start
-    # A slow build (an n x n mask) is repeated less: its median needs fewer samples.
-    result["build_s"] = build_seconds(args, method, n, 5 if result["first_build_s"] < 1 else 2)
+    # The median over as many fresh patterns as fit in about a second, 2 to 25: a quick
+    # build (index lists, host-bound) is noisy, a slow one (an n x n mask) needs fewer.
+    once = build_seconds(args, method, n, 1)
+    result["build_s"] = build_seconds(args, method, n, max(2, int(1 / max(once, 0.04))))
 
     modes = [("fwd", False)] + ([("fwd_bwd", True)] if args.backward else [])
     if method == "triton" and device.type == "cuda":

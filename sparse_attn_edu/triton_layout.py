@@ -32,8 +32,9 @@ edge of a window) are tested element by element, as ``layout.py`` refines them.
 The kernels (each program owns one row of tiles, or one column):
 
 1. ``_classify_kernel``: the kind of every tile, each row's and column's counts, and every
-   partial tile's rank within its row. The host reads the counts (the one wait): they fix
-   the sizes of everything that follows.
+   partial tile's rank within its row; and, per list, how the attention kernels' planner
+   will cut it in pieces. The host reads these counts (the one wait) and sums them: they
+   fix the sizes of everything that follows.
 2. ``_lists_kernel``: the row lists and the column lists, full tiles first, as
    ``layout.py`` defines them, and the element masks of the partial tiles (each by its
    row's or its column's program, whichever has fewer). One more program per group of
@@ -63,9 +64,13 @@ import triton.language as tl
 UNSURE = 3  # two parts touch the tile without filling it: only an element test can tell
 # The kinds as compile-time constants, the only globals a kernel may read.
 _EMPTY, _PARTIAL, _FULL, _UNSURE = (tl.constexpr(k) for k in (EMPTY, PARTIAL, FULL, UNSURE))
-# The four rows of counts (4, HEADS, NB): entries of each row list, full ones among them,
-# entries of each column list, full ones among them. Column counts are row counts + 2.
-_ROW, _ROW_FULL, _COL, _COL_FULL = (tl.constexpr(k) for k in range(4))
+# The rows of counts (COUNT_ROWS, HEADS, NB). The first four are the layout's: entries of
+# each row list, full ones among them, entries of each column list, full ones among them
+# (column counts are row counts + 2). Then, for the planner's table sizes, per row list:
+# its pieces, its pieces if it is cut in several (else 0), 1 if it is cut; the same per
+# column list (row rows + 3).
+ROW, ROW_FULL, COL, COL_FULL, PIECES, COUNT_ROWS = 0, 1, 2, 3, 4, 10
+_ROW, _ROW_FULL, _COL, _COL_FULL, _PIECES = (tl.constexpr(k) for k in range(5))
 # How the kernels read the offsets part: none, a prefix sum over all offsets, or a range.
 NO_OFFSETS, PREFIX, RANGE = 0, 1, 2
 _NO_OFFSETS, _PREFIX, _RANGE = (tl.constexpr(k) for k in (NO_OFFSETS, PREFIX, RANGE))
@@ -78,6 +83,18 @@ _NO_TOKENS, _LIST, _RUN = (tl.constexpr(k) for k in (NO_TOKENS, LIST, RUN))
 def _counts_of(counts, which, h, HEADS, NB):
     """Pointer to counts[which, h, 0]: one head's counts of one kind, NB of them."""
     return counts + (which * HEADS + h) * NB
+
+
+@triton.jit
+def _pieces(count, ok, MAX_TILES):
+    """How the planner cuts lists of `count` entries (lanes where `ok`): pieces of
+    MAX_TILES entries (`whole`), then a shorter one of `rest` entries if any (`short`;
+    an empty list gets one empty piece); `pieces` in all, `cut` = pieces if > 1, else 0."""
+    whole = count // MAX_TILES
+    rest = count - whole * MAX_TILES
+    short = ok & ((rest > 0) | (count == 0))
+    pieces = whole + short.to(tl.int32)
+    return whole, rest, short, pieces, tl.where(pieces > 1, pieces, 0)
 
 
 # ---- the parts, asked about a range ---------------------------------------------------
@@ -184,14 +201,14 @@ def _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOK
 
 @triton.jit
 def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
-                     NUM_TOKENS, blocks, N, NB, HEADS, BS, BLOCK_BS: tl.constexpr,
+                     NUM_TOKENS, blocks, N, NB, HEADS, BS, MAX_TILES, BLOCK_BS: tl.constexpr,
                      BLOCK_NB: tl.constexpr, TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
                      TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
     """Program (b, h, 0) classifies row b of head h, program (b, h, 1) column b.
 
-    counts (4, HEADS, NB): row count, row full count, column count, column full count;
-    kinds (HEADS, NB, NB) int8; rank (HEADS, NB, NB) int32: the partial tiles of a row
-    numbered 0, 1, ... from left to right.
+    counts (COUNT_ROWS, HEADS, NB): row count, row full count, column count, column full
+    count, then the planner's numbers (see COUNT_ROWS); kinds (HEADS, NB, NB) int8; rank
+    (HEADS, NB, NB) int32: the partial tiles of a row numbered 0, 1, ... from left to right.
     """
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     other = tl.arange(0, BLOCK_NB)  # the blocks across this row (or down this column)
@@ -226,6 +243,11 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens,
     full = tl.sum((kind == _FULL).to(tl.int32), 0)
     tl.store(_counts_of(counts, _ROW + 2 * column, h, HEADS, NB) + b, listed)
     tl.store(_counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB) + b, full)
+    _, _, _, pieces, cut = _pieces(listed, b < NB, MAX_TILES)
+    planned = _PIECES + 3 * column
+    tl.store(_counts_of(counts, planned, h, HEADS, NB) + b, pieces)
+    tl.store(_counts_of(counts, planned + 1, h, HEADS, NB) + b, cut)
+    tl.store(_counts_of(counts, planned + 2, h, HEADS, NB) + b, (cut > 0).to(tl.int32))
     if column == 0:
         row = (h * NB + b) * NB + other
         tl.store(kinds + row, kind.to(tl.int8), mask=ok)
@@ -265,11 +287,7 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
     ok = lists < NB
     count = tl.load(list_count + lists, mask=ok, other=0)
     full_count = tl.load(list_full + lists, mask=ok, other=0)
-    whole = count // MAX_TILES  # pieces of exactly MAX_TILES entries
-    rest = count - whole * MAX_TILES  # entries of the shorter last piece, if any
-    short = ok & ((rest > 0) | (count == 0))
-    pieces = whole + short.to(tl.int32)
-    cut = tl.where(pieces > 1, pieces, 0)  # pieces of the lists that are cut
+    whole, rest, short, pieces, cut = _pieces(count, ok, MAX_TILES)
     first_slot = tl.cumsum(cut, 0) - cut
 
     # The pieces of MAX_TILES entries: list after list, piece after piece.
@@ -435,7 +453,8 @@ def _plan_kernel(counts, row_items, row_merges, col_items, col_merges, NB, HEADS
                  ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
                  BLOCK_NB: tl.constexpr):  # fmt: skip
     """The planner alone, for a layout built by layout.py: program (0, h, 0) plans head
-    h's rows, (0, h, 1) its columns; counts (4, HEADS, NB) as in _classify_kernel."""
+    h's rows, (0, h, 1) its columns; counts (4, HEADS, NB), the layout's four rows of
+    _classify_kernel's counts."""
     _plan_group(tl.program_id(1), tl.program_id(2), counts, row_items, row_merges, col_items,
                 col_merges, NB, HEADS, ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
                 BLOCK_NB)  # fmt: skip
@@ -467,18 +486,24 @@ def _pieces_of_at_most(max_tiles: int, nb: int) -> int:
     return min(_check_positive_int("max_tiles", max_tiles), nb)
 
 
-def _work_shapes(listed: np.ndarray, max_tiles: int) -> tuple[list, list]:
-    """The planner's tables -- row items, row merges, column items, column merges -- as
-    shapes, and the scratch slots per (batch, head) of rows and of columns, from a
-    layout's counts (4, H', nb) on the host."""
+def _piece_sums(listed: np.ndarray, max_tiles: int) -> list:
+    """What _classify_kernel's last six rows of counts sum to per head, from a layout's
+    counts (4, H', nb) on the host: for rows, then columns, the pieces, the pieces of the
+    lists cut, and the lists cut (_pieces in NumPy)."""
     pieces = np.maximum(-(-listed[0::2] // max_tiles), 1)  # (2, H', nb)
-    cut = np.where(pieces > 1, pieces, 0)  # pieces of the lists cut
-    items = pieces.sum(-1).max(-1).tolist()  # (2,) the longest group's, rows and columns
-    merges = np.count_nonzero(cut, -1).max(-1).tolist()
-    slots = np.maximum(cut.sum(-1).max(-1), 1).tolist()
-    heads = listed.shape[1]
-    shapes = [(heads, items[0], 5), (heads, merges[0], 3), (heads, items[1], 5)]
-    return [*shapes, (heads, merges[1], 3)], slots
+    cut = np.where(pieces > 1, pieces, 0)
+    return np.stack([pieces, cut, cut > 0], 1).sum(-1).reshape(6, -1).tolist()  # (6, H')
+
+
+def _work_shapes(piece_sums: list, heads: int) -> tuple[list, list]:
+    """The planner's tables -- row items, row merges, column items, column merges -- as
+    shapes, and the scratch slots per (batch, head) of rows and of columns, from the six
+    per-head sums of _piece_sums: each table is sized for the head that needs most."""
+    shapes, slots = [], []
+    for pieces, cut_pieces, lists_cut in (piece_sums[:3], piece_sums[3:]):
+        shapes += [(heads, max(pieces), 5), (heads, max(lists_cut), 3)]
+        slots.append(max(max(cut_pieces), 1))
+    return shapes, slots
 
 
 def _work_lists(tables: list, slots: list) -> tuple:
@@ -493,7 +518,7 @@ def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
     ``_plan_lists`` run as a kernel of its own on `device`."""
     _, heads, nb = host_counts.shape
     max_tiles = _pieces_of_at_most(max_tiles, nb)
-    shapes, slots = _work_shapes(host_counts.numpy(), max_tiles)
+    shapes, slots = _work_shapes(_piece_sums(host_counts.numpy(), max_tiles), heads)
     tables = _int32_tensors(device, *shapes)
     _plan_kernel[(1, heads, 2)](
         host_counts.to(device), *tables, nb, heads, *[shape[1] for shape in shapes], max_tiles,
@@ -548,18 +573,19 @@ def build_from_parts(
 
     kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
     rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch, freed after
-    counts = torch.empty(4, heads, nb, dtype=torch.int32, device=device)  # kept by the layout
+    counts = torch.empty(COUNT_ROWS, heads, nb, dtype=torch.int32, device=device)
     block_nb = max(16, triton.next_power_of_2(nb))
     block_bs = triton.next_power_of_2(bs)
     _classify_kernel[(nb, heads, 2)](
-        kinds, rank, counts, *part_args, block_bytes, n, nb, heads, bs,
+        kinds, rank, counts, *part_args, block_bytes, n, nb, heads, bs, max_tiles,
         BLOCK_BS=block_bs, BLOCK_NB=block_nb, HAS_BLOCKS=blocks is not None, **flags,
     )  # fmt: skip
-    host_counts = counts.cpu()  # the one wait for the device
-    listed = host_counts.numpy()
-    num_partial = int(listed[0].sum() - listed[1].sum())
-    max_row, max_col = max(int(listed[0].max()), 1), max(int(listed[2].max()), 1)
-    work_shapes, slots = _work_shapes(listed, max_tiles)
+    host = counts.cpu()  # the one wait for the device
+    table = host.numpy()
+    sums, maxima = table.sum(-1).tolist(), table.max(-1).tolist()  # (COUNT_ROWS, H') each
+    num_partial = sum(sums[ROW]) - sum(sums[ROW_FULL])
+    max_row, max_col = max(*maxima[ROW], 1), max(*maxima[COL], 1)
+    work_shapes, slots = _work_shapes(sums[PIECES:], heads)
 
     list_shapes = [(heads, nb, width) for width in (max_row, max_row, max_col, max_col)]
     tensors = _int32_tensors(device, *list_shapes, *work_shapes)
@@ -570,10 +596,10 @@ def build_from_parts(
         BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
     )  # fmt: skip
     row_index, row_tile, col_index, col_tile = tensors[:4]
-    row_count, row_full_count, col_count, col_full_count = counts.unbind()
+    row_count, row_full_count, col_count, col_full_count = counts[:4].unbind()
     layout = BlockSparseLayout(
         n, bs, nb, kinds, row_count, row_full_count, row_index, row_tile, col_count,
         col_full_count, col_index, col_tile, tile_masks=masks[:num_partial].view(torch.bool),
-        host_counts=host_counts,
+        host_counts=host[:4],
     )  # fmt: skip
     return (layout, *_work_lists(tensors[4:], slots), masks)

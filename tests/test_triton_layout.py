@@ -162,10 +162,11 @@ def test_a_huge_max_tiles_cuts_nothing():
 
 
 def test_the_layout_keeps_no_scratch():
-    # The counts it keeps are (4, H', nb) int32, not views into a larger scratch buffer.
+    # The counts it keeps are views of the classify kernel's counts, (COUNT_ROWS, H', nb)
+    # int32, not of an (H', nb, nb) scratch buffer.
     p = patterns.bigbird(80, 4, 3, 1, 1, num_heads=4)
     layout = build(p, 4, DEVICE)
-    assert layout.row_count.untyped_storage().nbytes() == 4 * 4 * 4 * 20
+    assert layout.row_count.untyped_storage().nbytes() == triton_layout.COUNT_ROWS * 4 * 20 * 4
 
 
 def test_offsets_read_as_a_range_or_as_a_prefix():
