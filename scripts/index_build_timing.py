@@ -2,13 +2,14 @@
 triton_layout.py's kernels, and both against one forward+backward pass.
 
 Run on a CUDA machine from the repository root (``PYTHONPATH=. python
-scripts/index_build_timing.py``); writes ``$OUT/gpu_index_build.json`` (or the current
-folder). Every build starts from a fresh pattern (caches empty) after a first build has
-compiled the kernels; times are medians with a synchronize before and after. The builds
-of one median are kept until it is taken, so each asks CUDA for new memory, as when a
-program keeps several patterns; ``kernel_layout_released_ms`` drops each before the next,
-so PyTorch's caching allocator hands the same memory back, as in the bench. It also
-checks that both builds give the same layout, field by field, and the same work lists.
+scripts/index_build_timing.py [n ...]``, n = 16384 32768 131072 by default); writes
+``$OUT/gpu_index_build.json`` (or the current folder). Every build starts from a fresh
+pattern (caches empty) after a first build has compiled the kernels; times are medians
+with a synchronize before and after. The builds of one median are kept until it is
+taken, so each asks CUDA for new memory, as when a program keeps several patterns;
+``kernel_layout_released_ms`` drops each before the next, so PyTorch's caching allocator
+hands the same memory back, as in the bench. It also checks that both builds give the
+same layout, field by field, and the same work lists.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import datetime
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -118,12 +120,12 @@ def main() -> None:
     host_before = host_microseconds()
     results = {}
     for name, factory in PATTERNS.items():
-        for n in (16384, 32768, 131072):
+        for n in [int(arg) for arg in sys.argv[1:]] or (16384, 32768, 131072):
             results[f"{name}/{n}"] = row = measure(factory, n)
             print(name, n, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
     report = {
         "what": __doc__.split("\n\n")[0].replace("\n", " "),
-        "command": "PYTHONPATH=. python scripts/index_build_timing.py",
+        "command": " ".join(["PYTHONPATH=. python scripts/index_build_timing.py", *sys.argv[1:]]),
         "device": torch.cuda.get_device_name(),
         "versions": {"torch": torch.__version__, "triton": triton.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

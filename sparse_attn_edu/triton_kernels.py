@@ -63,6 +63,7 @@ shapes only).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -505,13 +506,16 @@ def kernel_layout(
         from . import triton_layout  # not at the top: it imports this module first
 
         device = torch.device(device)
-        built = triton_layout.build_from_parts(pattern, block_size, device, max_tiles)
-        if built is None:
-            layout = build_layout(pattern, block_size, device)
-            masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
-            if masks.shape[0] == 0:  # no partial tile: keep a valid pointer for the kernels
-                masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8, device=device)
-            built = (layout, *triton_layout.plan_work(layout.host_counts, max_tiles, device), masks)
+        with _launching_on(device):
+            built = triton_layout.build_from_parts(pattern, block_size, device, max_tiles)
+            if built is None:
+                layout = build_layout(pattern, block_size, device)
+                masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
+                if masks.shape[0] == 0:  # no partial tile: a valid pointer for the kernels
+                    masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8,
+                                        device=device)  # fmt: skip
+                work = triton_layout.plan_work(layout.host_counts, max_tiles, device)
+                built = (layout, *work, masks)
         layout, rows, cols, masks = built
         pairs = layout.active_tiles * block_size**2 // layout.num_layout_heads
         cache[key] = KernelLayout(layout, rows, cols, masks, pairs)
@@ -616,7 +620,7 @@ def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
     batch, heads, n, head_dim = q.shape
     bs, block_d, prec = kl.layout.block_size, _padded(head_dim), _precision(q.dtype)
     delta = torch.empty_like(lse)
-    _delta_kernel[(batch * heads, triton.cdiv(n, 64))](
+    _delta_kernel[(batch * heads, _cdiv(n, 64))](
         out, dout, delta, n, HEAD_DIM=head_dim, BLOCK_M=64, BLOCK_D=block_d
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -647,9 +651,25 @@ def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
     return dq, dk, dv
 
 
+def _launching_on(device: torch.device):
+    """Triton launches on the current CUDA device: make it `device` for the block (tensors
+    on cuda:1 while cuda:0 is current would otherwise go to the wrong GPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# Host arithmetic in plain Python: triton.cdiv and triton.next_power_of_2 cost the host
+# about 5 microseconds a call, and the index build is host time.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_power_of_2(x: int) -> int:
+    return 1 << (x - 1).bit_length()
+
+
 def _padded(head_dim: int) -> int:
     """tl.dot wants power-of-two tiles of at least 16: pad head_dim (masked loads)."""
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, _next_power_of_2(head_dim))
 
 
 class BlockSparseAttention(torch.autograd.Function):
@@ -666,7 +686,9 @@ class BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, out, lse, dout.contiguous(), ctx.kernel_layout, ctx.scale)
+        with _launching_on(q.device):
+            dq, dk, dv = _backward(q, k, v, out, lse, dout.contiguous(), ctx.kernel_layout,
+                                   ctx.scale)  # fmt: skip
         return dq, dk, dv, None, None
 
 
@@ -705,4 +727,5 @@ def attention(
     if INTERPRETED and q.dtype == torch.bfloat16:
         # Triton 3.6's interpreter multiplies bf16 tiles wrongly in tl.dot: use float32 there.
         return BlockSparseAttention.apply(q.float(), k.float(), v.float(), kl, scale).to(q.dtype)
-    return BlockSparseAttention.apply(q, k, v, kl, scale)
+    with _launching_on(q.device):
+        return BlockSparseAttention.apply(q, k, v, kl, scale)

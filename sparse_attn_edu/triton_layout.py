@@ -477,7 +477,8 @@ def _int32_tensors(device, *shapes) -> list[torch.Tensor]:
     """Empty int32 tensors of these shapes, carved out of one allocation."""
     sizes = [math.prod(shape) for shape in shapes]
     flat = torch.empty(sum(sizes), dtype=torch.int32, device=device)
-    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
+    parts = flat.split_with_sizes(sizes)  # the method itself: Tensor.split wraps it in Python
+    return [part.view(shape) for part, shape in zip(parts, shapes, strict=True)]
 
 
 def _pieces_of_at_most(max_tiles: int, nb: int) -> int:
@@ -522,7 +523,7 @@ def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
     tables = _int32_tensors(device, *shapes)
     _plan_kernel[(1, heads, 2)](
         host_counts.to(device), *tables, nb, heads, *[shape[1] for shape in shapes], max_tiles,
-        BLOCK_NB=max(16, triton.next_power_of_2(nb)),
+        BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
     )  # fmt: skip
     return _work_lists(tables, slots)
 
@@ -546,7 +547,7 @@ def build_from_parts(
     if device.type != ("cpu" if _setup.INTERPRETED else "cuda"):
         return None
     n, bs = pattern.seq_len, block_size
-    nb = triton.cdiv(n, bs)
+    nb = _setup._cdiv(n, bs)
     max_tiles = _pieces_of_at_most(max_tiles, nb)
     heads = blocks.layout.shape[0] if blocks is not None and blocks.layout.dim() == 3 else 1
     if heads * nb * nb >= 2**31:  # the kernels index tiles with int32
@@ -574,15 +575,16 @@ def build_from_parts(
     kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
     rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch, freed after
     counts = torch.empty(COUNT_ROWS, heads, nb, dtype=torch.int32, device=device)
-    block_nb = max(16, triton.next_power_of_2(nb))
-    block_bs = triton.next_power_of_2(bs)
+    block_nb = max(16, _setup._next_power_of_2(nb))
+    block_bs = _setup._next_power_of_2(bs)
     _classify_kernel[(nb, heads, 2)](
         kinds, rank, counts, *part_args, block_bytes, n, nb, heads, bs, max_tiles,
         BLOCK_BS=block_bs, BLOCK_NB=block_nb, HAS_BLOCKS=blocks is not None, **flags,
     )  # fmt: skip
     host = counts.cpu()  # the one wait for the device
     table = host.numpy()
-    sums, maxima = table.sum(-1).tolist(), table.max(-1).tolist()  # (COUNT_ROWS, H') each
+    sums = table.sum(-1, dtype=np.int32).tolist()  # (COUNT_ROWS, H'): int32 needs no cast
+    maxima = table.max(-1).tolist()
     num_partial = sum(sums[ROW]) - sum(sums[ROW_FULL])
     max_row, max_col = max(*maxima[ROW], 1), max(*maxima[COL], 1)
     work_shapes, slots = _work_shapes(sums[PIECES:], heads)

@@ -248,3 +248,21 @@ def test_work_plan_against_loops(heads, nb, max_tiles, data):
         assert work.num_slots >= ref_slots
     for work, half in ((rows, slice(0, heads)), (cols, slice(heads, 2 * heads))):
         assert work.num_slots == max(r[2] for r in reference[half])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs, one current")
+def test_launches_on_the_gpu_of_its_tensors():
+    # Triton launches on the current CUDA device. With the tensors on cuda:1 and cuda:0
+    # current, the build and the kernels, forward and backward, must still run on cuda:1.
+    n, gen = 300, torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(1, 2, n, 32, generator=gen) for _ in range(4))
+    pattern = patterns.longformer(n, 16, (0, 1))  # fresh: its layout is built here too
+    with torch.cuda.device(0):
+        ours_in = [t.to("cuda:1").requires_grad_() for t in (q, k, v)]
+        out = tk.attention(*ours_in, pattern, block_size=32)
+        grads = torch.autograd.grad(out, ours_in, dout.to("cuda:1"))
+    ref_in = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = masked.attention(*ref_in, pattern.mask)
+    ref_grads = torch.autograd.grad(ref, ref_in, dout.double())
+    assert out.device == torch.device("cuda:1")
+    assert_close([t.cpu() for t in (out, *grads)], (ref, *ref_grads), torch.float32)
