@@ -26,6 +26,7 @@ import triton
 
 from sparse_attn_edu import patterns, triton_layout
 from sparse_attn_edu import triton_kernels as tk
+from sparse_attn_edu.bench import host_microseconds
 from sparse_attn_edu.layout import build_layout
 
 DEVICE = torch.device("cuda")
@@ -100,24 +101,8 @@ def measure(factory, n: int) -> dict:
     return row
 
 
-def host_microseconds() -> dict:
-    """This host's cost of one tiny CUDA operation and of one device-to-host copy with its
-    wait: the build is mostly host time, so its share of a forward+backward follows them."""
-    x = torch.zeros(1, device=DEVICE)
-
-    def per_call(step, calls: int = 200) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            step()
-        torch.cuda.synchronize()
-        return round((time.perf_counter() - start) / calls * 1e6, 2)
-
-    return {"tiny_op_us": per_call(lambda: x.add_(1)), "copy_to_host_us": per_call(x.cpu)}
-
-
 def main() -> None:
-    host_before = host_microseconds()
+    host_before = host_microseconds(DEVICE)
     results = {}
     for name, factory in PATTERNS.items():
         for n in [int(arg) for arg in sys.argv[1:]] or (16384, 32768, 131072):
@@ -130,7 +115,7 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "triton": triton.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "shapes": "bf16, H=16, D=64, block 64; B=2 (B=1 at n=131072); Longformer w=512",
-        "host_us": {"before": host_before, "after": host_microseconds()},
+        "host_us": {"before": host_before, "after": host_microseconds(DEVICE)},
         "results": results,
     }
     path = os.path.join(os.environ.get("OUT", "."), "gpu_index_build.json")

@@ -441,6 +441,9 @@ def markdown(report: dict) -> str:
         f"Load average before / after the run (1, 5, 15 min): {_load(report, 'before')} / "
         f"{_load(report, 'after')}",
         "",
+        f"Host microseconds per tiny operation / per copy to the host, before / after: "
+        f"{_host(report, 'before')} / {_host(report, 'after')}",
+        "",
         f"Command: `{report['command']}`",
         "",
     ]
@@ -484,12 +487,39 @@ def _load(report: dict, when: str) -> str:
     return "unknown" if load is None else ", ".join(f"{x:.2f}" for x in load)
 
 
+def _host(report: dict, when: str) -> str:
+    host = report.get("host_us", {}).get(when)
+    return "unknown" if host is None else f"{host['tiny_op_us']:.1f}, {host['copy_to_host_us']:.1f}"
+
+
 def load_average() -> list[float] | None:
     """The machine's load average: other jobs on the same cores slow every method down."""
     try:
         return list(os.getloadavg())
     except OSError:  # not available on this platform
         return None
+
+
+def host_microseconds(device: torch.device | str) -> dict:
+    """The host's cost of one tiny operation on `device` and of one copy to the host with
+    its wait, per call over 200 calls. Index builds are host time: their numbers follow
+    these. Each is called once first: on a GPU, the first call of a kernel loads it (a
+    one-time cost of milliseconds that would swell the average)."""
+    device = torch.device(device)
+    x = torch.zeros(1, device=device)
+
+    def per_call(step, calls: int = 200) -> float:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return round((time.perf_counter() - start) / calls * 1e6, 2)
+
+    return {"tiny_op_us": per_call(lambda: x.add_(1)), "copy_to_host_us": per_call(x.cpu)}
 
 
 def _cell(value) -> str:
@@ -556,7 +586,7 @@ def main(argv=None) -> dict | None:
     stem = args.out / (args.name or f"bench_{args.device}")
     partial = stem.with_suffix(".partial.jsonl")
     partial.unlink(missing_ok=True)
-    load_before = load_average()
+    load_before, host_before = load_average(), host_microseconds(args.device)
     progress = tqdm(configs, unit="config")
     for pattern, n, method in progress:
         progress.set_description(f"{pattern} n={n} {method}")
@@ -578,6 +608,7 @@ def main(argv=None) -> dict | None:
         + shlex.join(sys.argv[1:] if argv is None else argv),
         "config": {k: v for k, v in vars(args).items() if k not in ("worker", "config")},
         "load_average": {"before": load_before, "after": load_average()},
+        "host_us": {"before": host_before, "after": host_microseconds(args.device)},
         "methods": methods,
         "not_measured": not_measured,
         "results": results,

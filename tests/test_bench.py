@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 from sparse_attn_edu import bench
 
@@ -66,3 +67,26 @@ def test_markdown_has_no_slope_line_without_the_blocked_stage(tmp_path):
     text = (tmp_path / "bench_cpu.md").read_text()
     assert "log-log slope" not in text and "| 64 | sdpa_dense |" in text
     assert len(report["load_average"]["before"]) == 3  # the load the run was measured under
+    # And the host's speed, before and after: index builds are host time.
+    for when in ("before", "after"):
+        assert report["host_us"][when]["tiny_op_us"] > 0, report["host_us"]
+    assert "Host microseconds per tiny operation" in text
+
+
+def test_host_microseconds_leave_out_the_first_call(monkeypatch):
+    # The first call of an operation may load its kernel (milliseconds on a GPU); the
+    # average is over the calls after it. A step that is slow only once shows that.
+    calls = []
+
+    class SlowOnce:
+        def add_(self, _):
+            calls.append(None)
+            if len(calls) == 1:
+                time.sleep(0.05)  # 50 ms, once: 250 us over 200 calls if it were counted
+
+        def cpu(self):
+            return self
+
+    monkeypatch.setattr(bench.torch, "zeros", lambda *args, **kwargs: SlowOnce())
+    costs = bench.host_microseconds("cpu")
+    assert len(calls) == 201 and costs["tiny_op_us"] < 100, costs
