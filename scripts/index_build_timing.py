@@ -43,8 +43,9 @@ def median_ms(build, make, repeats: int, keep: bool = True) -> float:
     """Median time of build(fresh pattern), with the device idle before and after; with
     `keep`, every build stays alive until the end."""
     times, kept = [], []
+    fresh = [make() for _ in range(repeats)]  # made first, as in the bench (bench.py says why)
     for _ in range(repeats):
-        pattern = make()
+        pattern = fresh.pop()
         torch.cuda.synchronize()
         start = time.perf_counter()
         built = build(pattern)

@@ -90,3 +90,14 @@ def test_host_microseconds_leave_out_the_first_call(monkeypatch):
     monkeypatch.setattr(bench.torch, "zeros", lambda *args, **kwargs: SlowOnce())
     costs = bench.host_microseconds("cpu")
     assert len(calls) == 201 and costs["tiny_op_us"] < 100, costs
+
+
+def test_build_timing_makes_its_patterns_first(monkeypatch):
+    # Making a pattern is not part of its build, and must not run just before one either
+    # (scripts/build_after_draw.py: a BigBird draw slows the host code right after it).
+    events = []
+    monkeypatch.setattr(bench, "make_pattern", lambda args, n: events.append("make") or object())
+    monkeypatch.setattr(bench, "build", lambda args, method, pattern: events.append("build"))
+    args = bench.parse_args(["--device", "cpu"])
+    assert bench.build_seconds(args, "triton", 64, repeats=3) >= 0
+    assert events == ["make"] * 3 + ["build"] * 3
