@@ -570,7 +570,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", help="file name stem of the outputs (default bench_DEVICE)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this PyTorch sees no CUDA device (use --device cpu)")
+    return args
 
 
 def main(argv=None) -> dict | None:

@@ -10,6 +10,8 @@ import json
 import math
 import time
 
+import pytest
+
 from sparse_attn_edu import bench
 
 
@@ -101,3 +103,10 @@ def test_build_timing_makes_its_patterns_first(monkeypatch):
     args = bench.parse_args(["--device", "cpu"])
     assert bench.build_seconds(args, "triton", 64, repeats=3) >= 0
     assert events == ["make"] * 3 + ["build"] * 3
+
+
+@pytest.mark.skipif(bench.torch.cuda.is_available(), reason="the error is for machines without")
+def test_cuda_without_a_cuda_device_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cuda"])
+    assert "sees no CUDA device" in capsys.readouterr().err
