@@ -486,7 +486,9 @@ class Union(Pattern):
         offsets = (lambda d: fa(d) | fb(d)) if fa and fb else fa or fb
         ra, rb = pa.offset_range, pb.offset_range
         offset_range = _joined_range(ra, rb) if fa and fb else (ra if fa else rb)
-        tokens = tuple(sorted(set(pa.tokens) | set(pb.tokens)))
+        tokens = pa.tokens or pb.tokens  # each sorted and distinct: one alone stays as it is
+        if pa.tokens and pb.tokens:
+            tokens = tuple(sorted(set(pa.tokens) | set(pb.tokens)))
         return Parts(offsets, tokens, pa.blocks or pb.blocks, offset_range)
 
     def _block_kinds(self, block_size, device):

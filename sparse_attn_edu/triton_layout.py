@@ -47,8 +47,6 @@ Patterns without parts get their layout from ``layout.py`` and their work from
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -474,11 +472,15 @@ def _placeholder(device: torch.device) -> torch.Tensor:
 
 
 def _int32_tensors(device, *shapes) -> list[torch.Tensor]:
-    """Empty int32 tensors of these shapes, carved out of one allocation."""
-    sizes = [math.prod(shape) for shape in shapes]
+    """Empty int32 tensors of these 3-d shapes, carved out of one allocation: one
+    as_strided call each (splitting, then viewing, costs the host two)."""
+    sizes = [a * b * c for a, b, c in shapes]
     flat = torch.empty(sum(sizes), dtype=torch.int32, device=device)
-    parts = flat.split_with_sizes(sizes)  # the method itself: Tensor.split wraps it in Python
-    return [part.view(shape) for part, shape in zip(parts, shapes, strict=True)]
+    tensors, start = [], 0
+    for (a, b, c), size in zip(shapes, sizes, strict=True):
+        tensors.append(flat.as_strided((a, b, c), (b * c, c, 1), start))  # contiguous
+        start += size
+    return tensors
 
 
 def _pieces_of_at_most(max_tiles: int, nb: int) -> int:
