@@ -1,11 +1,12 @@
-"""Compile the index-build kernels for an H100/H200 (sm_90) without a GPU.
+"""Compile the kernels for an H100/H200 (sm_90) without a GPU.
 
 Run as a script (tests/test_gpu_compile.py does): Triton's interpreter, which the tests
 use on CPU, runs a kernel's Python as Python, so it accepts code that the compiler
 refuses. The usual case: Triton passes an int argument equal to 1 as the constant 1, and
 a constant has no ``.to``. Each kernel is compiled for each set of flags once plain and
 once with every int argument made the constant 1; it prints one line per compile and
-exits non-zero at the first failure.
+exits non-zero at the first failure. The attention kernels are compiled for bf16 with
+pointer loads (TMA=False; the tensor-descriptor path runs in the H200 test runs only).
 """
 
 import os
@@ -15,53 +16,74 @@ os.environ["TRITON_INTERPRET"] = "0"  # compile, do not interpret
 
 import torch  # noqa: E402
 
-torch.cuda.is_available = lambda: True  # the module would otherwise choose the interpreter
+torch.cuda.is_available = lambda: True  # the modules would otherwise choose the interpreter
 
 from triton import compile as triton_compile  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from sparse_attn_edu import triton_kernels as K  # noqa: E402
 from sparse_attn_edu import triton_layout as L  # noqa: E402
 
 SM90 = GPUTarget("cuda", 90, 32)
-# In triton_layout.py pointers are lower case and int arguments upper case.
-POINTER_TYPES = {"kinds": "*i8", "masks": "*u8", "blocks": "*u8"}  # the rest: *i32
-MODES = [  # the constexpr flags of one build: (OFFSETS, TOKENS, HAS_BLOCKS, TOKEN_STEPS)
-    (L.RANGE, L.RUN, False, 0),
-    (L.PREFIX, L.LIST, False, 8),
-    (L.NO_OFFSETS, L.NO_TOKENS, True, 0),
+
+
+def layout_type(name: str) -> str:
+    """In triton_layout.py pointers are lower case and int arguments upper case."""
+    if name.isupper():
+        return "i32"
+    return {"kinds": "*i8", "masks": "*u8", "blocks": "*u8"}.get(name, "*i32")
+
+
+ATTENTION_TYPES = {
+    **dict.fromkeys(("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV", "Dst"), "*bf16"),
+    **dict.fromkeys(("LSE", "Delta", "OPart", "LSEPart", "DKPart", "DVPart", "DQPart", "Part"),
+                    "*fp32"),
+    **dict.fromkeys(("items", "index", "tile", "merges"), "*i32"),
+    "masks": "*u8", "scale": "fp32", "qk_scale": "fp32",
+}  # fmt: skip
+
+
+def attention_type(name: str) -> str:
+    return ATTENTION_TYPES.get(name, "i32")  # the rest: sizes and strides
+
+
+LAYOUT_FLAGS = [  # one build's flags: how it reads the offsets, the tokens, the blocks
+    {"OFFSETS": L.RANGE, "TOKENS": L.RUN, "HAS_BLOCKS": False, "TOKEN_STEPS": 0},
+    {"OFFSETS": L.PREFIX, "TOKENS": L.LIST, "HAS_BLOCKS": False, "TOKEN_STEPS": 8},
+    {"OFFSETS": L.NO_OFFSETS, "TOKENS": L.NO_TOKENS, "HAS_BLOCKS": True, "TOKEN_STEPS": 0},
 ]
+LAYOUT_SIZES = {"BLOCK_BS": 16, "BLOCK_NB": 16}
+ATTENTION_SIZES = {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64, "BLOCK": 64,
+                   "EVEN_N": True, "PREC": "tf32", "TMA": False}  # fmt: skip
+KERNELS = [  # (kernel, type of a runtime argument, sets of constexpr values to try)
+    (L._classify_kernel, layout_type, [LAYOUT_SIZES | flags for flags in LAYOUT_FLAGS]),
+    (L._lists_kernel, layout_type, [LAYOUT_SIZES | flags for flags in LAYOUT_FLAGS]),
+    (L._plan_kernel, layout_type, [LAYOUT_SIZES]),
+    *[(kernel, attention_type, [ATTENTION_SIZES]) for kernel in (
+        K._forward_kernel, K._merge_rows_kernel, K._delta_kernel, K._dkdv_kernel,
+        K._dq_kernel, K._sum_pieces_kernel)],
+]  # fmt: skip
 
 
-def constants(fn, mode) -> dict:
-    offsets, tokens, has_blocks, steps = mode
-    known = {"BLOCK_BS": 16, "BLOCK_NB": 16, "OFFSETS": offsets, "TOKENS": tokens,
-             "HAS_BLOCKS": has_blocks, "TOKEN_STEPS": steps}  # fmt: skip
-    return {p.name: known[p.name] for p in fn.params if p.is_constexpr}
-
-
-def compile_with(fn, mode, ones) -> None:
-    consts = constants(fn, mode) | {name: 1 for name in ones}
-    signature = {
-        p.name: "constexpr" if p.name in consts
-        else "i32" if p.name.isupper() else POINTER_TYPES.get(p.name, "*i32")
-        for p in fn.params
-    }  # fmt: skip
+def compile_with(fn, arg_type, known: dict, ones: tuple) -> None:
+    consts = {p.name: known[p.name] for p in fn.params if p.is_constexpr}
+    consts |= dict.fromkeys(ones, 1)
+    signature = {p.name: "constexpr" if p.name in consts else arg_type(p.name) for p in fn.params}
     triton_compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=SM90)
 
 
 def main() -> int:
-    for fn in (L._classify_kernel, L._lists_kernel, L._plan_kernel):
-        ints = [p.name for p in fn.params if not p.is_constexpr and p.name.isupper()]
-        flags = MODES if any(p.name == "OFFSETS" for p in fn.params) else MODES[:1]
-        variants = [(mode, ones) for mode in flags for ones in ((), tuple(ints))]
-        for mode, ones in variants:
-            try:
-                compile_with(fn, mode, ones)
-            except Exception as error:  # noqa: BLE001 -- report which variant, then stop
-                print(f"FAILED {fn.__name__} mode={mode} ones={ones}: {error}")
-                return 1
-            print(f"ok {fn.__name__} mode={mode} ones={ones}", flush=True)
+    for fn, arg_type, constexpr_sets in KERNELS:
+        ints = tuple(p.name for p in fn.params if not p.is_constexpr and arg_type(p.name) == "i32")
+        for known in constexpr_sets:
+            for ones in ((), ints):
+                try:
+                    compile_with(fn, arg_type, known, ones)
+                except Exception as error:  # noqa: BLE001 -- say which variant, then stop
+                    print(f"FAILED {fn.__name__} {known} ones={ones}: {error}")
+                    return 1
+                print(f"ok {fn.__name__} ones={ones}", flush=True)
     return 0
 
 
