@@ -498,14 +498,14 @@ def kernel_layout(
     """The layout of `pattern` with the kernels' work lists and byte masks, cached."""
     pattern = as_pattern(pattern)
     cache = pattern.__dict__.setdefault("_kernel_layout_cache", {})
-    key = (block_size, str(torch.device(device)), max_tiles)
+    device = torch.device(device)
+    key = (block_size, str(device), max_tiles)
     if key not in cache:
         # The layout and the work lists from the pattern's parts, by two Triton kernels
         # (triton_layout.py); for a pattern that is no union of parts, the layout by
         # layout.py's PyTorch operations and the work lists by the same planner.
         from . import triton_layout  # not at the top: it imports this module first
 
-        device = torch.device(device)
         with _launching_on(device):
             built = triton_layout.build_from_parts(pattern, block_size, device, max_tiles)
             if built is None:
