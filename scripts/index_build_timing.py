@@ -5,11 +5,11 @@ Run on a CUDA machine from the repository root (``PYTHONPATH=. python
 scripts/index_build_timing.py [n ...]``, n = 16384 32768 131072 by default); writes
 ``$OUT/gpu_index_build.json`` (or the current folder). Every build starts from a fresh
 pattern (caches empty) after a first build has compiled the kernels; times are medians
-with a synchronize before and after. The builds of one median are kept until it is
-taken, so each asks CUDA for new memory, as when a program keeps several patterns;
-``kernel_layout_released_ms`` drops each before the next, so PyTorch's caching allocator
-hands the same memory back, as in the bench. It also checks that both builds give the
-same layout, field by field, and the same work lists.
+with a synchronize before and after (``bench.median_build_seconds``). The builds of one
+median are kept until it is taken, so each asks CUDA for new memory, as when a program
+keeps several patterns; ``kernel_layout_released_ms`` drops each before the next, so
+PyTorch's caching allocator hands the same memory back, as in the bench. It also checks
+that both builds give the same layout, field by field, and the same work lists.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 import triton
 
 from sparse_attn_edu import patterns, triton_layout
 from sparse_attn_edu import triton_kernels as tk
-from sparse_attn_edu.bench import host_microseconds
+from sparse_attn_edu.bench import host_microseconds, median_build_seconds
 from sparse_attn_edu.layout import build_layout
 
 DEVICE = torch.device("cuda")
@@ -40,20 +38,8 @@ PATTERNS = {
 
 
 def median_ms(build, make, repeats: int, keep: bool = True) -> float:
-    """Median time of build(fresh pattern), with the device idle before and after; with
-    `keep`, every build stays alive until the end."""
-    times, kept = [], []
-    fresh = [make() for _ in range(repeats)]  # made first, as in the bench (bench.py says why)
-    for _ in range(repeats):
-        pattern = fresh.pop()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        built = build(pattern)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        if keep:
-            kept.append((pattern, built))
-    return statistics.median(times) * 1e3
+    """Median time of build(fresh pattern) in ms, the bench's way (patterns made first)."""
+    return median_build_seconds(build, make, repeats, DEVICE, keep) * 1e3
 
 
 def measure(factory, n: int) -> dict:

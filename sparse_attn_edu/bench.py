@@ -116,21 +116,36 @@ def build(args, method: str, pattern: patterns.Pattern):
 def build_seconds(args, method: str, n: int, repeats: int = 5) -> float:
     """Median time to build the structure for a fresh pattern (caches start empty), after
     the first build has paid for one-time costs (CUDA context, kernel compilation)."""
-    device = torch.device(args.device)
-    times = []
+    return median_build_seconds(
+        lambda pattern: build(args, method, pattern),
+        lambda: make_pattern(args, n),
+        repeats,
+        torch.device(args.device),
+    )
+
+
+def median_build_seconds(build_one, make, repeats: int, device, keep: bool = False) -> float:
+    """Median time of build_one(pattern) over `repeats` fresh patterns from make(), the
+    device idle before and after each. Without `keep`, each pattern (and the structure it
+    caches) is dropped after its build, so the allocator hands the same memory back; with
+    it, all stay alive, so each build asks for new memory, as when a program keeps several.
+    """
     # The patterns are made first. Making one is not part of the build, and BigBird's
     # random draw just before it made the build's host code about 2-2.5x slower than on a
     # pattern made earlier (on a CPU, kernels stubbed: scripts/build_after_draw.py).
-    fresh = [make_pattern(args, n) for _ in range(repeats)]
+    fresh = [make() for _ in range(repeats)]
+    times, kept = [], []
     for _ in range(repeats):
-        pattern = fresh.pop()  # dropped after its build: its cached structure too
+        pattern = fresh.pop()
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        build(args, method, pattern)
+        built = build_one(pattern)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        if keep:
+            kept.append((pattern, built))
     return statistics.median(times)
 
 
