@@ -58,7 +58,7 @@ class BlockSparseLayout:
     @property
     def active_tiles(self) -> int:
         """Tiles a kernel computes, summed over layout heads (from the host copy: no wait)."""
-        return int(self.host_counts[0].numpy().sum())
+        return int(self.host_counts.numpy()[0].sum())  # NumPy indexing: no torch op
 
 
 def _lists(kinds: torch.Tensor, tile_id: torch.Tensor, full_count: torch.Tensor, width: int):

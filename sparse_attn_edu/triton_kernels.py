@@ -653,8 +653,11 @@ def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
 
 def _launching_on(device: torch.device):
     """Triton launches on the current CUDA device: make it `device` for the block (tensors
-    on cuda:1 while cuda:0 is current would otherwise go to the wrong GPU)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    on cuda:1 while cuda:0 is current would otherwise go to the wrong GPU). Switching costs
+    the host microseconds, so only when the device is another one."""
+    if device.type != "cuda" or device.index in (None, torch.cuda.current_device()):
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 # Host arithmetic in plain Python: triton.cdiv and triton.next_power_of_2 cost the host

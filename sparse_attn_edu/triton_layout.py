@@ -23,6 +23,8 @@ A tile covering queries [qs, qe] and keys [ks, ke] needs no element test to get 
   overlap of two ranges): all queries or all keys global is full, none of either adds
   nothing.
 * blocks, at the layout's own block size (BigBird): one tile is one block, full or empty.
+  The table goes to the GPU as bits, eight blocks a byte: at n = 32768 its copy is 32 KB,
+  not 256 KB.
 
 The tile is full when one part fills it, empty when no part touches it, and partial when
 exactly one part touches it and none fills it. Where two parts touch it without filling
@@ -161,8 +163,9 @@ def _tile_kinds(r, c, h, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM
         in_cols = _tokens_in(tokens, FIRST_TOKEN, NUM_TOKENS, ks, ke, TOKENS, TOKEN_STEPS)
         filled |= (in_rows == qe - qs + 1) | (in_cols == ke - ks + 1)
         touched += ((in_rows > 0) | (in_cols > 0)).to(tl.int32)
-    if HAS_BLOCKS:
-        block = tl.load(blocks + (h * NB + r) * NB + c) != 0
+    if HAS_BLOCKS:  # blocks: the table's rows as bits (np.packbits: block c in bit 7 - c % 8)
+        byte = tl.load(blocks + (h * NB + r) * ((NB + 7) // 8) + c // 8)
+        block = ((byte >> (7 - c % 8)) & 1) != 0
         filled |= block
         touched += block.to(tl.int32)
     kind = tl.where(touched == 0, _EMPTY, tl.where(touched == 1, _PARTIAL, _UNSURE))
@@ -572,7 +575,7 @@ def build_from_parts(
         return None
 
     # What the kernels read of the parts; a part that is missing: a placeholder, never read.
-    offset_prefix = tokens = block_bytes = _placeholder(device)
+    offset_prefix = tokens = block_bits = _placeholder(device)
     offsets, (lo, hi) = NO_OFFSETS, (0, 0)
     if parts.offset_range is not None:  # lo <= d <= hi: two numbers are enough
         offsets, (lo, hi) = RANGE, parts.offset_range
@@ -585,8 +588,9 @@ def build_from_parts(
     elif parts.tokens:
         tokens = torch.tensor(parts.tokens, dtype=torch.int32, device=device)  # sorted
         token_mode, steps = LIST, len(parts.tokens).bit_length()
-    if blocks is not None:
-        block_bytes = blocks._on("layout", device).view(torch.uint8)
+    if blocks is not None:  # (H', nb, ceil(nb / 8)) bytes
+        bits = np.packbits(blocks.layout.cpu().numpy(), axis=-1)
+        block_bits = torch.from_numpy(bits).to(device)
     part_args = (offset_prefix, lo, hi, tokens, first_token, len(parts.tokens))
     flags = {"TOKEN_STEPS": steps, "TOKENS": token_mode, "OFFSETS": offsets}
 
@@ -596,7 +600,7 @@ def build_from_parts(
     block_nb = max(16, _setup._next_power_of_2(nb))
     block_bs = _setup._next_power_of_2(bs)
     _classify_kernel[(nb, heads, 2)](
-        kinds, rank, counts, *part_args, block_bytes, n, nb, heads, bs, max_tiles,
+        kinds, rank, counts, *part_args, block_bits, n, nb, heads, bs, max_tiles,
         BLOCK_BS=block_bs, BLOCK_NB=block_nb, HAS_BLOCKS=blocks is not None, **flags,
     )  # fmt: skip
     host = counts.cpu()  # the one wait for the device
@@ -616,10 +620,11 @@ def build_from_parts(
         BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
     )  # fmt: skip
     row_index, row_tile, col_index, col_tile = tensors[:4]
+    tile_bytes = masks if num_partial == len(masks) else masks[:0]  # [:0]: the spare tile
     row_count, row_full_count, col_count, col_full_count = counts[:4].unbind()
     layout = BlockSparseLayout(
         n, bs, nb, kinds, row_count, row_full_count, row_index, row_tile, col_count,
-        col_full_count, col_index, col_tile, tile_masks=masks[:num_partial].view(torch.bool),
+        col_full_count, col_index, col_tile, tile_masks=tile_bytes.view(torch.bool),
         host_counts=host[:4],
     )  # fmt: skip
     return (layout, *_work_lists(tensors[4:], slots), masks)
