@@ -49,6 +49,8 @@ Patterns without parts get their layout from ``layout.py`` and their work from
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -197,10 +199,53 @@ def _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOK
     return allowed & inside
 
 
+# ---- launching without Triton's per-launch work ----------------------------------------
+#
+# At every launch, ``kernel[grid](...)`` binds the arguments, works out how each one could
+# specialize the kernel (an int equal to 1 becomes a constant, one divisible by 16 or a
+# pointer aligned to 16 bytes gives the compiler a hint), looks the result up among the
+# compiled versions, and checks that the tl.constexpr globals the kernel read are unchanged:
+# 30-70 microseconds of host time per launch on the H200 machine, more than these kernels
+# take on the GPU. A kernel that never specializes on its arguments' values has one
+# compiled version per set of constexpr values, so after its first launch it can be
+# launched straight from that compiled version (_launch).
+
+
+def _unspecialized_jit(fn):
+    """``triton.jit`` with no runtime argument specialized on its value or alignment."""
+    runtime = [name for name, p in inspect.signature(fn).parameters.items()
+               if p.annotation not in ("tl.constexpr", tl.constexpr)]  # fmt: skip
+    return triton.jit(fn, do_not_specialize=runtime, do_not_specialize_on_alignment=runtime)
+
+
+_COMPILED: dict[tuple, object] = {}
+
+
+def _launch(kernel, grid: tuple, *args, **constexprs) -> None:
+    """``kernel[grid](*args, **constexprs)``: on a GPU, after the first launch with these
+    constexpr values and argument types, straight from the compiled kernel that launch
+    returned. For _unspecialized_jit kernels whose constexpr parameters come last."""
+    if _setup.INTERPRETED:
+        kernel[grid](*args, **constexprs)
+        return
+    flags = tuple(constexprs[p.name] for p in kernel.params[len(args) :])
+    # What still picks the compiled version: tensors' dtypes, and ints as int32 or int64.
+    types = tuple([a.dtype if isinstance(a, torch.Tensor) else -(2**31) <= a < 2**31 for a in args])
+    key = (kernel, torch.cuda.current_device(), flags, types)
+    compiled = _COMPILED.get(key)
+    if compiled is not None:
+        compiled[grid](*args, *flags)
+        return
+    runtime, constant = kernel.params[: len(args)], kernel.params[len(args) :]
+    assert all(p.do_not_specialize and p.do_not_specialize_on_alignment for p in runtime)
+    assert all(p.is_constexpr for p in constant) and len(constant) == len(constexprs)
+    _COMPILED[key] = kernel[grid](*args, **constexprs)
+
+
 # ---- kernel 1: the kind of every tile ---------------------------------------------------
 
 
-@triton.jit
+@_unspecialized_jit
 def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
                      NUM_TOKENS, blocks, N, NB, HEADS, BS, MAX_TILES, BLOCK_BS: tl.constexpr,
                      BLOCK_NB: tl.constexpr, TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
@@ -427,7 +472,7 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
                  mask=inside)  # fmt: skip
 
 
-@triton.jit
+@_unspecialized_jit
 def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile, masks,
                   row_items, row_merges, col_items, col_merges, offset_prefix, OFF_LO,
                   OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB, HEADS, BS, ROW_WIDTH, COL_WIDTH,
@@ -449,7 +494,7 @@ def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile,
                     HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
 
 
-@triton.jit
+@_unspecialized_jit
 def _plan_kernel(counts, row_items, row_merges, col_items, col_merges, NB, HEADS, ROW_ITEMS,
                  ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
                  BLOCK_NB: tl.constexpr):  # fmt: skip
@@ -459,22 +504,6 @@ def _plan_kernel(counts, row_items, row_merges, col_items, col_merges, NB, HEADS
     _plan_group(tl.program_id(1), tl.program_id(2), counts, row_items, row_merges, col_items,
                 col_merges, NB, HEADS, ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
                 BLOCK_NB)  # fmt: skip
-
-
-def _skip_global_checks(*kernels) -> None:
-    """At every launch Triton checks that each ``tl.constexpr`` global a kernel reads (the
-    kinds, the rows of counts, the modes: about ten here) still has the value it was
-    compiled with. Each check makes a constexpr to compare, about 1.7 microseconds on this
-    project's CPU: together, a quarter of a launch. These globals are constants, so the
-    build kernels skip it: their cache key, which holds the globals' values, is computed
-    first, and then the list of globals to check is emptied. Interpreted kernels keep none."""
-    for kernel in kernels:
-        if hasattr(kernel, "used_global_vals"):
-            _ = kernel.cache_key  # computes the key, and with it the list of globals
-            kernel.used_global_vals = {}
-
-
-_skip_global_checks(_classify_kernel, _lists_kernel, _plan_kernel)
 
 
 # ---- host side ------------------------------------------------------------------------
@@ -542,9 +571,9 @@ def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
     max_tiles = _pieces_of_at_most(max_tiles, nb)
     shapes, slots = _work_shapes(_piece_sums(host_counts.numpy(), max_tiles), heads)
     tables = _int32_tensors(device, *shapes)
-    _plan_kernel[(1, heads, 2)](
-        host_counts.to(device), *tables, nb, heads, *[shape[1] for shape in shapes], max_tiles,
-        BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
+    _launch(
+        _plan_kernel, (1, heads, 2), host_counts.to(device), *tables, nb, heads,
+        *[shape[1] for shape in shapes], max_tiles, BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
     )  # fmt: skip
     return _work_lists(tables, slots)
 
@@ -599,9 +628,10 @@ def build_from_parts(
     counts = torch.empty(COUNT_ROWS, heads, nb, dtype=torch.int32, device=device)
     block_nb = max(16, _setup._next_power_of_2(nb))
     block_bs = _setup._next_power_of_2(bs)
-    _classify_kernel[(nb, heads, 2)](
-        kinds, rank, counts, *part_args, block_bits, n, nb, heads, bs, max_tiles,
-        BLOCK_BS=block_bs, BLOCK_NB=block_nb, HAS_BLOCKS=blocks is not None, **flags,
+    _launch(
+        _classify_kernel, (nb, heads, 2), kinds, rank, counts, *part_args, block_bits, n, nb,
+        heads, bs, max_tiles, BLOCK_BS=block_bs, BLOCK_NB=block_nb,
+        HAS_BLOCKS=blocks is not None, **flags,
     )  # fmt: skip
     host = counts.cpu()  # the one wait for the device
     table = host.numpy()
@@ -614,10 +644,11 @@ def build_from_parts(
     list_shapes = [(heads, nb, width) for width in (max_row, max_row, max_col, max_col)]
     tensors = _int32_tensors(device, *list_shapes, *work_shapes)
     masks = torch.empty(max(num_partial, 1), bs, bs, dtype=torch.uint8, device=device)
-    _lists_kernel[(nb + 1, heads, 2)](
-        kinds, rank, counts, *tensors[:4], masks, *tensors[4:], *part_args, n, nb, heads, bs,
-        max_row, max_col, *[shape[1] for shape in work_shapes], max_tiles,
-        BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
+    _launch(
+        _lists_kernel, (nb + 1, heads, 2), kinds, rank, counts, *tensors[:4], masks,
+        *tensors[4:], *part_args, n, nb, heads, bs, max_row, max_col,
+        *[shape[1] for shape in work_shapes], max_tiles, BLOCK_NB=block_nb, BLOCK_BS=block_bs,
+        **flags,
     )  # fmt: skip
     row_index, row_tile, col_index, col_tile = tensors[:4]
     tile_bytes = masks if num_partial == len(masks) else masks[:0]  # [:0]: the spare tile

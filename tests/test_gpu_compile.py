@@ -5,8 +5,8 @@ refused by the compiler on a GPU (an int argument Triton turned into the constan
 no ``.to``: this broke the build on the H200 for tiny sequences once).
 tests/gpu_compile_check.py compiles each kernel (the index build's three, the attention's
 six) for sm_90; it needs a fresh process, because the interpreter mode is fixed when
-triton is imported. First it checks that the build kernels skip Triton's per-launch
-check of their constexpr globals (it fails with the skip removed).
+triton is imported. First it checks that no runtime argument specializes the build
+kernels, which are launched straight from their compiled form after the first launch.
 """
 
 import subprocess
