@@ -9,6 +9,7 @@ interpreter on tiny shapes.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -187,3 +188,59 @@ def test_global_tokens_read_as_a_run_or_as_a_list():
     for tokens in (range(5, 12), range(0, 16), (3, 9, 10), (20,)):
         p = patterns.longformer(n, 6, tokens)
         assert_same_layout(build(p, bs, DEVICE), build_layout(p, bs), repr(p))
+
+
+class FakeKernel:
+    """Stands in for a compiled-mode JITFunction: records launches through Triton's path
+    and hands back a fake compiled kernel that records direct launches."""
+
+    def __init__(self, runtime: int, constexprs: tuple[str, ...], specialized: bool = False):
+        def param(name, is_constexpr):
+            unspecialized = not is_constexpr and not specialized
+            return SimpleNamespace(name=name, is_constexpr=is_constexpr,
+                                   do_not_specialize=unspecialized,
+                                   do_not_specialize_on_alignment=unspecialized)  # fmt: skip
+
+        self.params = [param(f"a{i}", False) for i in range(runtime)]
+        self.params += [param(name, True) for name in constexprs]
+        self.through_triton, self.direct = [], []
+
+    def __getitem__(self, grid):
+        def launch(*args, **constexprs):  # Triton's path: returns the compiled kernel
+            self.through_triton.append((grid, args, constexprs))
+            return FakeCompiled(self)
+
+        return launch
+
+
+class FakeCompiled:
+    def __init__(self, kernel: FakeKernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return lambda *args: self.kernel.direct.append((grid, args))
+
+
+def test_launch_goes_straight_to_the_compiled_kernel_after_the_first(monkeypatch):
+    """triton_layout._launch, the GPU path, with Triton faked: the first launch of each
+    constexpr set and argument types goes through kernel[grid], later ones straight to the
+    compiled kernel it returned, with the constexprs appended in parameter order."""
+    monkeypatch.setattr(tk, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_layout, "_COMPILED", {})
+    kernel = FakeKernel(runtime=2, constexprs=("B", "A"))
+    x = torch.zeros(3, dtype=torch.int32)
+
+    triton_layout._launch(kernel, (4, 1, 2), x, 7, A=1, B=2)
+    triton_layout._launch(kernel, (5, 1, 2), x, 8, A=1, B=2)  # same flags and types
+    assert kernel.through_triton == [((4, 1, 2), (x, 7), {"A": 1, "B": 2})]
+    assert kernel.direct == [((5, 1, 2), (x, 8, 2, 1))]  # B, A: the parameters' order
+
+    triton_layout._launch(kernel, (5, 1, 2), x, 8, A=1, B=3)  # other constexprs
+    triton_layout._launch(kernel, (5, 1, 2), x, 2**40, A=1, B=2)  # an int64 argument
+    triton_layout._launch(kernel, (5, 1, 2), x.float(), 8, A=1, B=2)  # another dtype
+    assert len(kernel.through_triton) == 4 and len(kernel.direct) == 1
+
+    specialized = FakeKernel(runtime=2, constexprs=("A",), specialized=True)
+    with pytest.raises(AssertionError):  # its compiled form would not serve every call
+        triton_layout._launch(specialized, (1,), x, 7, A=1)
