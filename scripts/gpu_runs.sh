@@ -4,10 +4,13 @@
 #
 #   OUT=results_dir bash scripts/gpu_runs.sh [step ...]
 #
-# Steps: index_build bench bench_131k bench_small tests (all, in that order, by default).
+# Steps: index_build bench bench_131k bench_small build_repeats tests (all, in that order, by
+# default). build_repeats: ours alone at n = 32768 in four fresh processes, for the spread of
+# the index build's time from one process to the next.
 # Results land in $OUT; each step's log, exit status and seconds in $OUT/logs.tar.gz. The
 # device tool brings back 8 files and 10 minutes a call: there, run `index_build bench`
-# (5 files), then `bench_131k bench_small` (7), then `tests`.
+# (5 files), then `bench_131k bench_small` (7), then `tests`, then `build_repeats` (13 files:
+# bring them back as one tar).
 set -u
 OUT=${OUT:-gpu_runs}
 mkdir -p "$OUT"
@@ -24,7 +27,7 @@ run() {  # run NAME LIMIT_SECONDS COMMAND...: the command's output goes to NAME.
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(index_build bench bench_131k bench_small tests)
+[ ${#steps[@]} -eq 0 ] && steps=(index_build bench bench_131k bench_small build_repeats tests)
 for step in "${steps[@]}"; do
     case $step in
         index_build) run index_build 200 env PYTHONPATH=. python scripts/index_build_timing.py ;;
@@ -34,9 +37,13 @@ for step in "${steps[@]}"; do
                         --methods triton --name bench_gpu_131k ;;
         bench_small) run bench_small 90 "${BENCH[@]}" --batch 2 --seq-lens 4096 8192 \
                          --methods triton --name bench_gpu_small ;;
+        build_repeats) for i in 1 2 3 4; do
+                           run "build_rep$i" 100 "${BENCH[@]}" --batch 2 --seq-lens 32768 \
+                               --methods triton --name "build_rep$i"
+                       done ;;
         tests) run tests 450 python -m pytest -q -p no:cacheprovider \
                    tests/test_triton_kernels.py tests/test_triton_layout.py ;;
-        *) echo "unknown step: $step (steps: index_build bench bench_131k bench_small tests)" >&2
+        *) echo "unknown step: $step (steps: index_build bench bench_131k bench_small build_repeats tests)" >&2
            exit 2 ;;
     esac
 done
