@@ -352,7 +352,7 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
     # comes first and, among equally long ones, the earlier list. After the sort the k-th
     # key is the k-th piece, and key % BLOCK_NB its list. Lists without a shorter piece get
     # a key larger than any (`none`). int64: MAX_TILES * BLOCK_NB may pass 2^31.
-    none = tl.cast(MAX_TILES + 1, tl.int64) * BLOCK_NB  # tl.cast: MAX_TILES may be a constant
+    none = tl.cast(MAX_TILES + 1, tl.int64) * BLOCK_NB
     key = tl.where(short, (MAX_TILES - rest).to(tl.int64) * BLOCK_NB + lists, none)
     key = tl.sort(key, 0)
     place = lists  # the k-th sorted key goes to place k among the shorter pieces
@@ -400,10 +400,10 @@ def _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges,
     list_count = _counts_of(counts, _ROW + 2 * column, h, HEADS, NB)
     list_full = _counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB)
     items, merges = row_items + h * ROW_ITEMS * 5, row_merges + h * ROW_MERGES * 3
-    num_items, num_merges = ROW_ITEMS + 0 * h, ROW_MERGES + 0 * h  # runtime ints in both
+    num_items, num_merges = ROW_ITEMS, ROW_MERGES
     if column != 0:
         items, merges = col_items + h * COL_ITEMS * 5, col_merges + h * COL_MERGES * 3
-        num_items, num_merges = COL_ITEMS + 0 * h, COL_MERGES + 0 * h
+        num_items, num_merges = COL_ITEMS, COL_MERGES
     _plan_lists(items, merges, list_count, list_full, NB, num_items, num_merges, MAX_TILES,
                 BLOCK_NB)  # fmt: skip
 
@@ -490,9 +490,9 @@ def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile,
         _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges, NB, HEADS,
                     ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
     else:
-        index, tile, width = row_index, row_tile, ROW_WIDTH + 0 * b  # runtime ints in both
+        index, tile, width = row_index, row_tile, ROW_WIDTH
         if column != 0:
-            index, tile, width = col_index, col_tile, COL_WIDTH + 0 * b
+            index, tile, width = col_index, col_tile, COL_WIDTH
         _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
                     offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB,
                     HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
