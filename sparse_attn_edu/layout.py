@@ -48,17 +48,13 @@ class BlockSparseLayout:
     # The four counts above (row, row-full, column, column-full) as int32 (4, H', nb) on the
     # host, where kernels plan their launches without waiting for the device again.
     host_counts: torch.Tensor
+    active_tiles: int  # tiles a kernel computes, over all layout heads: host_counts[0]'s sum
     # Work plans a kernel derives from this layout (index lists, masks), kept with it.
     plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_layout_heads(self) -> int:
         return self.kinds.shape[0]
-
-    @property
-    def active_tiles(self) -> int:
-        """Tiles a kernel computes, summed over layout heads (from the host copy: no wait)."""
-        return int(self.host_counts.numpy()[0].sum())  # NumPy indexing: no torch op
 
 
 def _lists(kinds: torch.Tensor, tile_id: torch.Tensor, full_count: torch.Tensor, width: int):
@@ -127,6 +123,7 @@ def build_layout(
         col_tile,
         tile_masks=pattern.tile_masks(tiles, block_size),
         host_counts=host_counts,
+        active_tiles=int(host_counts[0].sum()),
     )
     cache[key] = layout
     return layout

@@ -96,6 +96,22 @@ class Parts:
     offset_range: tuple[int, int] | None = None  # (lo, hi): offsets(d) is lo <= d <= hi
 
 
+@dataclass(frozen=True)
+class BlockRecipe:
+    """How a block table such as BigBird's is made, kept beside it: block (r, c) is on when
+
+        |r - c| <= band  or  r < global_blocks  or  c < global_blocks  or  c in random[h, r]
+
+    (-1 in `random`: no block). A few numbers a row where the table takes nbb, and the form
+    in which BigBird and its reference code keep the random blocks: ``triton_layout.py``
+    sends these to the GPU rather than the table.
+    """
+
+    band: int
+    global_blocks: int
+    random: torch.Tensor  # int32 (H', nbb, random blocks a row); H' = 1 when heads share it
+
+
 class Pattern(ABC):
     """Which (query i, key j) pairs attend: a description, materialized only on demand."""
 
@@ -356,12 +372,14 @@ class GlobalTokens(Pattern):
 class BlockPattern(Pattern):
     """A mask over blocks of its own size (BigBird): pair (i, j) allowed iff its block is."""
 
-    def __init__(self, seq_len: int, block_size: int, layout: torch.Tensor, code: str = ""):
+    def __init__(self, seq_len: int, block_size: int, layout: torch.Tensor, code: str = "",
+                 recipe: BlockRecipe | None = None):  # fmt: skip
         num_heads = layout.shape[0] if layout.dim() == 3 else None
         super().__init__(seq_len, num_heads)
         self.block_size = block_size
         self.layout = layout.bool().contiguous()  # (nbb, nbb) or (H, nbb, nbb), row-major
         self.code = code or f"BlockPattern({seq_len}, {block_size}, layout)"
+        self.recipe = recipe  # how `layout` was made, when it was (bigbird)
 
     @property
     def natural_block_size(self) -> int:
@@ -638,23 +656,28 @@ def bigbird(
 
     # Random blocks: give every candidate (block not yet seen) a uniform random key and keep
     # the `random_blocks` smallest per row -- a draw without replacement, one head at a time.
+    # Kept as indices too (-1 in the global rows, which need none): see BlockRecipe.
     generator = torch.Generator().manual_seed(seed)
+    drawn = random_blocks if needs_random.any() else 0
+    random = torch.full((num_heads or 1, nbb, drawn), -1, dtype=torch.int32)
     layouts = []
-    for _ in range(num_heads or 1):
+    for head in range(num_heads or 1):
         layout = fixed.clone()
-        if random_blocks and needs_random.any():
+        if drawn:
             keys = torch.rand(nbb, nbb, generator=generator).masked_fill(fixed, 2.0)
             picked = keys.topk(random_blocks, dim=1, largest=False).indices  # (nbb, r)
             chosen = torch.zeros_like(fixed).scatter_(1, picked, True)
             layout |= chosen & needs_random.view(-1, 1)
+            random[head, global_blocks:] = picked[global_blocks:].int()
         layouts.append(layout)
     layout = torch.stack(layouts) if num_heads is not None else layouts[0]
+    recipe = BlockRecipe(window_blocks // 2, global_blocks, random)
     code = (
         f"bigbird({seq_len}, block_size={block_size}, window_blocks={window_blocks}, "
         f"global_blocks={global_blocks}, random_blocks={random_blocks}, seed={seed}, "
         f"num_heads={num_heads})"
     )
-    return BlockPattern(seq_len, block_size, layout, code)
+    return BlockPattern(seq_len, block_size, layout, code, recipe)
 
 
 def as_pattern(pattern_or_mask: Pattern | torch.Tensor) -> Pattern:

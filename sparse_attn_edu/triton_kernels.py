@@ -504,16 +504,13 @@ def kernel_layout(
         # The layout and the work lists from the pattern's parts, by two Triton kernels
         # (triton_layout.py); for a pattern that is no union of parts, the layout by
         # layout.py's PyTorch operations and the work lists by the same planner.
-        from . import triton_layout  # not at the top: it imports this module first
-
         with _launching_on(device):
             built = triton_layout.build_from_parts(pattern, block_size, device, max_tiles)
             if built is None:
                 layout = build_layout(pattern, block_size, device)
                 masks = layout.tile_masks.view(torch.uint8)  # same bytes, a type Triton loads
                 if masks.shape[0] == 0:  # no partial tile: a valid pointer for the kernels
-                    masks = torch.zeros(1, block_size, block_size, dtype=torch.uint8,
-                                        device=device)  # fmt: skip
+                    masks = triton_layout._no_tiles(device, block_size)[1]
                 work = triton_layout.plan_work(layout.host_counts, max_tiles, device)
                 built = (layout, *work, masks)
         layout, rows, cols, masks = built
@@ -732,3 +729,8 @@ def attention(
         return BlockSparseAttention.apply(q.float(), k.float(), v.float(), kl, scale).to(q.dtype)
     with _launching_on(q.device):
         return BlockSparseAttention.apply(q, k, v, kl, scale)
+
+
+# Last: triton_layout imports this module first, and an import inside kernel_layout would
+# cost each build microseconds of import machinery.
+from . import triton_layout  # noqa: E402

@@ -23,8 +23,9 @@ A tile covering queries [qs, qe] and keys [ks, ke] needs no element test to get 
   overlap of two ranges): all queries or all keys global is full, none of either adds
   nothing.
 * blocks, at the layout's own block size (BigBird): one tile is one block, full or empty.
-  The table goes to the GPU as bits, eight blocks a byte: at n = 32768 its copy is 32 KB,
-  not 256 KB.
+  A table made by a recipe (``patterns.BlockRecipe``: BigBird's band, global blocks and
+  random blocks) goes to the GPU as that recipe: three numbers a row at n = 32768, 6 KB.
+  Any other table goes as bits, eight blocks a byte (32 KB there, not 256 KB).
 
 The tile is full when one part fills it, empty when no part touches it, and partial when
 exactly one part touches it and none fills it. Where two parts touch it without filling
@@ -61,7 +62,7 @@ import torch
 # First: triton_kernels decides between the GPU and the interpreter before triton loads.
 from . import triton_kernels as _setup
 from .layout import BlockSparseLayout
-from .patterns import EMPTY, FULL, PARTIAL, Pattern, _check_positive_int
+from .patterns import EMPTY, FULL, PARTIAL, BlockRecipe, Pattern, _check_positive_int
 
 # isort: split
 import triton
@@ -83,6 +84,9 @@ _NO_OFFSETS, _PREFIX, _RANGE = (tl.constexpr(k) for k in (NO_OFFSETS, PREFIX, RA
 # How they read the global tokens: none, a sorted list, or one run of consecutive ones.
 NO_TOKENS, LIST, RUN = 0, 1, 2
 _NO_TOKENS, _LIST, _RUN = (tl.constexpr(k) for k in (NO_TOKENS, LIST, RUN))
+# How they read the blocks part: none, the table as bits, or the recipe that made it.
+NO_BLOCKS, BITS, RECIPE = 0, 1, 2
+_NO_BLOCKS, _BITS, _RECIPE = (tl.constexpr(k) for k in (NO_BLOCKS, BITS, RECIPE))
 
 
 @triton.jit
@@ -150,8 +154,9 @@ def _tokens_in(tokens, FIRST_TOKEN, NUM_TOKENS, lo, hi, TOKENS: tl.constexpr,
 
 @triton.jit
 def _tile_kinds(r, c, h, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS,
-                blocks, N, NB, BS, TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
-                TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
+                blocks, BAND, GLOBAL_BLOCKS, N, NB, BS, TOKEN_STEPS: tl.constexpr,
+                OFFSETS: tl.constexpr, TOKENS: tl.constexpr, BLOCKS: tl.constexpr,
+                RANDOM: tl.constexpr):  # fmt: skip
     """Kinds of the tiles (r, c) of layout head h; r or c is a vector of blocks < NB."""
     qs = r * BS
     qe = tl.minimum(qs + BS, N) - 1  # the last block may be short
@@ -169,9 +174,14 @@ def _tile_kinds(r, c, h, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM
         in_cols = _tokens_in(tokens, FIRST_TOKEN, NUM_TOKENS, ks, ke, TOKENS, TOKEN_STEPS)
         filled |= (in_rows == qe - qs + 1) | (in_cols == ke - ks + 1)
         touched += ((in_rows > 0) | (in_cols > 0)).to(tl.int32)
-    if HAS_BLOCKS:  # blocks: the table's rows as bits (np.packbits: block c in bit 7 - c % 8)
-        byte = tl.load(blocks + (h * NB + r) * ((NB + 7) // 8) + c // 8)
-        block = ((byte >> (7 - c % 8)) & 1) != 0
+    if BLOCKS != _NO_BLOCKS:
+        if BLOCKS == _BITS:  # the table's rows as bits (np.packbits: block c in bit 7 - c % 8)
+            byte = tl.load(blocks + (h * NB + r) * ((NB + 7) // 8) + c // 8)
+            block = ((byte >> (7 - c % 8)) & 1) != 0
+        else:  # the recipe: the band, the global blocks, RANDOM listed blocks a row
+            block = (tl.abs(r - c) <= BAND) | (r < GLOBAL_BLOCKS) | (c < GLOBAL_BLOCKS)
+            for k in tl.static_range(RANDOM):
+                block |= tl.load(blocks + (h * NB + r) * RANDOM + k) == c
         filled |= block
         touched += block.to(tl.int32)
     kind = tl.where(touched == 0, _EMPTY, tl.where(touched == 1, _PARTIAL, _UNSURE))
@@ -251,9 +261,10 @@ def _launch(kernel, grid: tuple, *args, **constexprs) -> None:
 
 @_unspecialized_jit
 def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
-                     NUM_TOKENS, blocks, N, NB, HEADS, BS, MAX_TILES, BLOCK_BS: tl.constexpr,
-                     BLOCK_NB: tl.constexpr, TOKEN_STEPS: tl.constexpr, OFFSETS: tl.constexpr,
-                     TOKENS: tl.constexpr, HAS_BLOCKS: tl.constexpr):  # fmt: skip
+                     NUM_TOKENS, blocks, BAND, GLOBAL_BLOCKS, N, NB, HEADS, BS, MAX_TILES,
+                     BLOCK_BS: tl.constexpr, BLOCK_NB: tl.constexpr, TOKEN_STEPS: tl.constexpr,
+                     OFFSETS: tl.constexpr, TOKENS: tl.constexpr, BLOCKS: tl.constexpr,
+                     RANDOM: tl.constexpr):  # fmt: skip
     """Program (b, h, 0) classifies row b of head h, program (b, h, 1) column b.
 
     counts (COUNT_ROWS, HEADS, NB): row count, row full count, column count, column full
@@ -268,12 +279,12 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens,
     clamped = tl.minimum(other, NB - 1)
     if column == 0:
         kind = _tile_kinds(b, clamped, h, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
-                           NUM_TOKENS, blocks, N, NB, BS, TOKEN_STEPS, OFFSETS, TOKENS,
-                           HAS_BLOCKS)  # fmt: skip
+                           NUM_TOKENS, blocks, BAND, GLOBAL_BLOCKS, N, NB, BS, TOKEN_STEPS,
+                           OFFSETS, TOKENS, BLOCKS, RANDOM)  # fmt: skip
     else:
         kind = _tile_kinds(clamped, b, h, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
-                           NUM_TOKENS, blocks, N, NB, BS, TOKEN_STEPS, OFFSETS, TOKENS,
-                           HAS_BLOCKS)  # fmt: skip
+                           NUM_TOKENS, blocks, BAND, GLOBAL_BLOCKS, N, NB, BS, TOKEN_STEPS,
+                           OFFSETS, TOKENS, BLOCKS, RANDOM)  # fmt: skip
     kind = tl.where(ok, kind, _EMPTY)
     # Unsure tiles are tested element by element, leftmost first, until none is left (by
     # the row's program and again by the column's). For Longformer they are few: where a
@@ -523,6 +534,33 @@ def _placeholder(device: torch.device) -> torch.Tensor:
     return _PLACEHOLDERS[device]
 
 
+_NO_RECIPE = BlockRecipe(0, 0, torch.empty(0, 0, 0, dtype=torch.int32))  # no blocks part
+_NO_TILES: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _no_tiles(device: torch.device, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a layout without partial tiles, made once per device and block size: its
+    tile_masks, (0, bs, bs) bool, and one zero tile, (1, bs, bs) uint8, a valid pointer for
+    the kernels, which never read it."""
+    key = (device, block_size)
+    if key not in _NO_TILES:
+        shape = (block_size, block_size)
+        _NO_TILES[key] = (torch.zeros(0, *shape, dtype=torch.bool, device=device),
+                          torch.zeros(1, *shape, dtype=torch.uint8, device=device))  # fmt: skip
+    return _NO_TILES[key]
+
+
+def _block_bits(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A block table, (H', nb, nb) or (nb, nb) bool, as bits on `device`: np.packbits along
+    each row, block c in bit 7 - c % 8 of byte c // 8."""
+    table = table.cpu().numpy()
+    if table.shape[-1] % 8 == 0:  # rows of whole bytes: packing the flat array is faster
+        bits = np.packbits(table.reshape(-1)).reshape(*table.shape[:-1], -1)
+    else:
+        bits = np.packbits(table, axis=-1)
+    return torch.from_numpy(bits).to(device)
+
+
 def _int32_tensors(device, *shapes) -> list[torch.Tensor]:
     """Empty int32 tensors of these 3-d shapes, carved out of one allocation: one
     as_strided call each (splitting, then viewing, costs the host two)."""
@@ -608,7 +646,7 @@ def build_from_parts(
         return None
 
     # What the kernels read of the parts; a part that is missing: a placeholder, never read.
-    offset_prefix = tokens = block_bits = _placeholder(device)
+    offset_prefix = tokens = block_data = _placeholder(device)
     offsets, (lo, hi) = NO_OFFSETS, (0, 0)
     if parts.offset_range is not None:  # lo <= d <= hi: two numbers are enough
         offsets, (lo, hi) = RANGE, parts.offset_range
@@ -621,9 +659,13 @@ def build_from_parts(
     elif parts.tokens:
         tokens = torch.tensor(parts.tokens, dtype=torch.int32, device=device)  # sorted
         token_mode, steps = LIST, len(parts.tokens).bit_length()
-    if blocks is not None:  # (H', nb, ceil(nb / 8)) bytes
-        bits = np.packbits(blocks.layout.cpu().numpy(), axis=-1)
-        block_bits = torch.from_numpy(bits).to(device)
+    block_mode, recipe = NO_BLOCKS, _NO_RECIPE
+    if blocks is not None and blocks.recipe is not None:  # (H', nb, random blocks) int32
+        block_mode, recipe = RECIPE, blocks.recipe
+        if recipe.random.numel():
+            block_data = recipe.random.to(device)
+    elif blocks is not None:  # (H', nb, ceil(nb / 8)) bytes
+        block_mode, block_data = BITS, _block_bits(blocks.layout, device)
     part_args = (offset_prefix, lo, hi, tokens, first_token, len(parts.tokens))
     flags = {"TOKEN_STEPS": steps, "TOKENS": token_mode, "OFFSETS": offsets}
 
@@ -633,21 +675,26 @@ def build_from_parts(
     block_nb = max(16, _setup._next_power_of_2(nb))
     block_bs = _setup._next_power_of_2(bs)
     _launch(
-        _classify_kernel, (nb, heads, 2), kinds, rank, counts, *part_args, block_bits, n, nb,
-        heads, bs, max_tiles, BLOCK_BS=block_bs, BLOCK_NB=block_nb,
-        HAS_BLOCKS=blocks is not None, **flags,
+        _classify_kernel, (nb, heads, 2), kinds, rank, counts, *part_args, block_data,
+        recipe.band, recipe.global_blocks, n, nb, heads, bs, max_tiles, BLOCK_BS=block_bs,
+        BLOCK_NB=block_nb, BLOCKS=block_mode, RANDOM=recipe.random.shape[-1], **flags,
     )  # fmt: skip
     host = counts.cpu()  # the one wait for the device
     table = host.numpy()
     sums = table.sum(-1, dtype=np.int32).tolist()  # (COUNT_ROWS, H'): int32 needs no cast
     maxima = table.max(-1).tolist()
-    num_partial = sum(sums[ROW]) - sum(sums[ROW_FULL])
+    active_tiles = sum(sums[ROW])
+    num_partial = active_tiles - sum(sums[ROW_FULL])
     max_row, max_col = max(*maxima[ROW], 1), max(*maxima[COL], 1)
     work_shapes, slots = _work_shapes(sums[PIECES:], heads)
 
     list_shapes = [(heads, nb, width) for width in (max_row, max_row, max_col, max_col)]
     tensors = _int32_tensors(device, *list_shapes, *work_shapes)
-    masks = torch.empty(max(num_partial, 1), bs, bs, dtype=torch.uint8, device=device)
+    if num_partial:
+        masks = torch.empty(num_partial, bs, bs, dtype=torch.uint8, device=device)
+        tile_masks = masks.view(torch.bool)
+    else:
+        tile_masks, masks = _no_tiles(device, bs)
     _launch(
         _lists_kernel, (nb + 1, heads, 2), kinds, rank, counts, *tensors[:4], masks,
         *tensors[4:], *part_args, n, nb, heads, bs, max_row, max_col,
@@ -655,11 +702,9 @@ def build_from_parts(
         **flags,
     )  # fmt: skip
     row_index, row_tile, col_index, col_tile = tensors[:4]
-    tile_bytes = masks if num_partial == len(masks) else masks[:0]  # [:0]: the spare tile
     row_count, row_full_count, col_count, col_full_count = counts[:4].unbind()
     layout = BlockSparseLayout(
         n, bs, nb, kinds, row_count, row_full_count, row_index, row_tile, col_count,
-        col_full_count, col_index, col_tile, tile_masks=tile_bytes.view(torch.bool),
-        host_counts=host[:4],
+        col_full_count, col_index, col_tile, tile_masks, host[:4], active_tiles,
     )  # fmt: skip
     return (layout, *_work_lists(tensors[4:], slots), masks)

@@ -29,11 +29,13 @@ from sparse_attn_edu import triton_layout as L  # noqa: E402
 SM90 = GPUTarget("cuda", 90, 32)
 
 
-def layout_type(name: str) -> str:
-    """In triton_layout.py pointers are lower case and int arguments upper case."""
+def layout_type(name: str, known: dict) -> str:
+    """In triton_layout.py pointers are lower case and int arguments upper case; `blocks`
+    holds bits (bytes) or a recipe's random blocks (int32)."""
     if name.isupper():
         return "i32"
-    return {"kinds": "*i8", "masks": "*u8", "blocks": "*u8"}.get(name, "*i32")
+    blocks = "*u8" if known.get("BLOCKS") == L.BITS else "*i32"
+    return {"kinds": "*i8", "masks": "*u8", "blocks": blocks}.get(name, "*i32")
 
 
 ATTENTION_TYPES = {
@@ -45,16 +47,17 @@ ATTENTION_TYPES = {
 }  # fmt: skip
 
 
-def attention_type(name: str) -> str:
+def attention_type(name: str, known: dict) -> str:
     return ATTENTION_TYPES.get(name, "i32")  # the rest: sizes and strides
 
 
 LAYOUT_FLAGS = [  # one build's flags: how it reads the offsets, the tokens, the blocks
-    {"OFFSETS": L.RANGE, "TOKENS": L.RUN, "HAS_BLOCKS": False, "TOKEN_STEPS": 0},
-    {"OFFSETS": L.PREFIX, "TOKENS": L.LIST, "HAS_BLOCKS": False, "TOKEN_STEPS": 8},
-    {"OFFSETS": L.NO_OFFSETS, "TOKENS": L.NO_TOKENS, "HAS_BLOCKS": True, "TOKEN_STEPS": 0},
+    {"OFFSETS": L.RANGE, "TOKENS": L.RUN, "BLOCKS": L.NO_BLOCKS, "TOKEN_STEPS": 0},
+    {"OFFSETS": L.PREFIX, "TOKENS": L.LIST, "BLOCKS": L.NO_BLOCKS, "TOKEN_STEPS": 8},
+    {"OFFSETS": L.NO_OFFSETS, "TOKENS": L.NO_TOKENS, "BLOCKS": L.BITS, "TOKEN_STEPS": 0},
+    {"OFFSETS": L.RANGE, "TOKENS": L.NO_TOKENS, "BLOCKS": L.RECIPE, "TOKEN_STEPS": 0},
 ]
-LAYOUT_SIZES = {"BLOCK_BS": 16, "BLOCK_NB": 16}
+LAYOUT_SIZES = {"BLOCK_BS": 16, "BLOCK_NB": 16, "RANDOM": 3}
 ATTENTION_SIZES = {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64, "BLOCK": 64,
                    "EVEN_N": True, "PREC": "tf32", "TMA": False}  # fmt: skip
 KERNELS = [  # (kernel, type of a runtime argument, sets of constexpr values to try)
@@ -70,7 +73,8 @@ KERNELS = [  # (kernel, type of a runtime argument, sets of constexpr values to 
 def compile_with(fn, arg_type, known: dict, ones: tuple) -> None:
     consts = {p.name: known[p.name] for p in fn.params if p.is_constexpr}
     consts |= dict.fromkeys(ones, 1)
-    signature = {p.name: "constexpr" if p.name in consts else arg_type(p.name) for p in fn.params}
+    signature = {p.name: "constexpr" if p.name in consts else arg_type(p.name, known)
+                 for p in fn.params}  # fmt: skip
     triton_compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=SM90)
 
 
@@ -86,7 +90,7 @@ def main() -> int:
             return 1
     for fn, arg_type, constexpr_sets in KERNELS:
         specializing = [p for p in fn.params if not p.is_constexpr and not p.do_not_specialize]
-        ints = tuple(p.name for p in specializing if arg_type(p.name) == "i32")
+        ints = tuple(p.name for p in specializing if arg_type(p.name, {}) == "i32")
         for known in constexpr_sets:
             for ones in ((), ints) if ints else ((),):
                 try:

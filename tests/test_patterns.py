@@ -305,6 +305,27 @@ def test_bigbird_matches_definition(args):
             assert int(extra.sum()) == args["random_blocks"], (h, r)
 
 
+@SETTINGS
+@given(args=bigbird_args())
+def test_bigbird_recipe_remakes_its_table(args):
+    # BlockRecipe (what triton_layout.py sends to the GPU) read block by block in plain
+    # Python must give back the table, and the random blocks must be the drawn ones.
+    p = patterns.bigbird(**args)
+    recipe, bs = p.recipe, args["block_size"]
+    nbb = math.ceil(args["seq_len"] / bs)
+    layout = p.layout if p.layout.dim() == 3 else p.layout.unsqueeze(0)
+    assert recipe.random.dtype == torch.int32 and recipe.random.shape[:2] == (len(layout), nbb)
+    for h in range(len(layout)):
+        random = recipe.random[h].tolist()
+        for r in range(nbb):
+            if r < args["global_blocks"]:
+                assert set(random[r]) <= {-1}, "global rows draw no random blocks"
+            for c in range(nbb):
+                on = (abs(r - c) <= recipe.band or min(r, c) < recipe.global_blocks
+                      or c in random[r])  # fmt: skip
+                assert bool(layout[h, r, c]) == on, (h, r, c)
+
+
 def test_bigbird_seed_and_heads():
     kwargs = dict(seq_len=250, block_size=10, window_blocks=3, global_blocks=1, random_blocks=3)
     a = patterns.bigbird(**kwargs, seed=0).mask

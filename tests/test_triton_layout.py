@@ -148,6 +148,22 @@ def test_edge_cases(pattern, block_size):
     assert_same_layout(ours, build_layout(pattern, block_size), repr(pattern))
 
 
+def test_bigbird_goes_as_its_recipe_other_tables_as_bits(monkeypatch):
+    # BigBird's table reaches the kernels as its recipe (band, global and random blocks),
+    # the same table as a plain BlockPattern as bits: both give layout.py's layout.
+    packed = []
+    real_bits = triton_layout._block_bits
+    monkeypatch.setattr(triton_layout, "_block_bits", lambda *a: packed.append(1) or real_bits(*a))
+    for heads in (None, 3):
+        bigbird = patterns.bigbird(60, 4, 3, 2, 2, seed=heads or 0, num_heads=heads)
+        plain = patterns.BlockPattern(60, 4, bigbird.layout)
+        reference = build_layout(plain, 4)
+        assert_same_layout(build(bigbird, 4, DEVICE), reference, repr(bigbird))
+        assert not packed, "the recipe, not the table"
+        assert_same_layout(build(plain, 4, DEVICE), reference, "plain")
+        assert packed.pop() and not packed
+
+
 def test_a_huge_max_tiles_cuts_nothing():
     # No list is longer than nb: any max_tiles >= nb plans the same uncut work, with every
     # block a real one (a key of the planner's sort once overflowed int32 here).
