@@ -36,17 +36,15 @@ class BlockSparseLayout:
     block_size: int
     num_blocks: int
     kinds: torch.Tensor  # int8 (H', nb, nb); H' = 1 when every head shares the pattern
-    row_count: torch.Tensor  # int32 (H', nb)
-    row_full_count: torch.Tensor  # int32 (H', nb)
+    # int32 (4, H', nb): row_count, row_full_count, col_count, col_full_count (below)
+    counts: torch.Tensor
     row_index: torch.Tensor  # int32 (H', nb, max_row)
     row_tile: torch.Tensor  # int32 (H', nb, max_row)
-    col_count: torch.Tensor  # int32 (H', nb)
-    col_full_count: torch.Tensor  # int32 (H', nb)
     col_index: torch.Tensor  # int32 (H', nb, max_col)
     col_tile: torch.Tensor  # int32 (H', nb, max_col)
     tile_masks: torch.Tensor  # bool (T, bs, bs), element masks of partial tiles
-    # The four counts above (row, row-full, column, column-full) as int32 (4, H', nb) on the
-    # host, where kernels plan their launches without waiting for the device again.
+    # The counts on the host, where kernels plan their launches without waiting for the
+    # device again.
     host_counts: torch.Tensor
     active_tiles: int  # tiles a kernel computes, over all layout heads: host_counts[0]'s sum
     # Work plans a kernel derives from this layout (index lists, masks), kept with it.
@@ -55,6 +53,24 @@ class BlockSparseLayout:
     @property
     def num_layout_heads(self) -> int:
         return self.kinds.shape[0]
+
+    # The counts one by one, int32 (H', nb) views: made when asked for (the Triton build
+    # makes layouts in microseconds, and four views are a fair part of that).
+    @property
+    def row_count(self) -> torch.Tensor:
+        return self.counts[0]
+
+    @property
+    def row_full_count(self) -> torch.Tensor:
+        return self.counts[1]
+
+    @property
+    def col_count(self) -> torch.Tensor:
+        return self.counts[2]
+
+    @property
+    def col_full_count(self) -> torch.Tensor:
+        return self.counts[3]
 
 
 def _lists(kinds: torch.Tensor, tile_id: torch.Tensor, full_count: torch.Tensor, width: int):
@@ -113,12 +129,9 @@ def build_layout(
         block_size,
         kinds.shape[-1],
         kinds,
-        counts[0],
-        counts[1],
+        counts,
         row_index,
         row_tile,
-        counts[2],
-        counts[3],
         col_index,
         col_tile,
         tile_masks=pattern.tile_masks(tiles, block_size),

@@ -702,9 +702,8 @@ def build_from_parts(
         **flags,
     )  # fmt: skip
     row_index, row_tile, col_index, col_tile = tensors[:4]
-    row_count, row_full_count, col_count, col_full_count = counts[:4].unbind()
     layout = BlockSparseLayout(
-        n, bs, nb, kinds, row_count, row_full_count, row_index, row_tile, col_count,
-        col_full_count, col_index, col_tile, tile_masks, host[:4], active_tiles,
+        n, bs, nb, kinds, counts[:4], row_index, row_tile, col_index, col_tile, tile_masks,
+        host[:4], active_tiles,
     )  # fmt: skip
     return (layout, *_work_lists(tensors[4:], slots), masks)
