@@ -6,7 +6,8 @@
 #
 # Steps: index_build bench bench_131k bench_small build_repeats tests (all, in that order, by
 # default). build_repeats: ours alone at n = 32768 in four fresh processes, for the spread of
-# the index build's time from one process to the next.
+# the index build's time from one process to the next (committed, with the official bench of
+# earlier code, under notebooks/results/build_repeats/COMMIT/).
 # Results land in $OUT; each step's log, exit status and seconds in $OUT/logs.tar.gz. The
 # device tool brings back 8 files and 10 minutes a call: there, run `index_build bench`
 # (5 files), then `bench_131k bench_small` (7), then `tests`, then `build_repeats` (13 files:
