@@ -379,7 +379,9 @@ class BlockPattern(Pattern):
         self.block_size = block_size
         self.layout = layout.bool().contiguous()  # (nbb, nbb) or (H, nbb, nbb), row-major
         self.code = code or f"BlockPattern({seq_len}, {block_size}, layout)"
-        self.recipe = recipe  # how `layout` was made, when it was (bigbird)
+        # How `layout` was made, when it was (bigbird): it must give exactly `layout`, since
+        # the Triton build reads it instead of the table.
+        self.recipe = recipe
 
     @property
     def natural_block_size(self) -> int:
