@@ -56,21 +56,10 @@ class BlockSparseLayout:
 
     # The counts one by one, int32 (H', nb) views: made when asked for (the Triton build
     # makes layouts in microseconds, and four views are a fair part of that).
-    @property
-    def row_count(self) -> torch.Tensor:
-        return self.counts[0]
-
-    @property
-    def row_full_count(self) -> torch.Tensor:
-        return self.counts[1]
-
-    @property
-    def col_count(self) -> torch.Tensor:
-        return self.counts[2]
-
-    @property
-    def col_full_count(self) -> torch.Tensor:
-        return self.counts[3]
+    row_count = property(lambda self: self.counts[0])
+    row_full_count = property(lambda self: self.counts[1])
+    col_count = property(lambda self: self.counts[2])
+    col_full_count = property(lambda self: self.counts[3])
 
 
 def _lists(kinds: torch.Tensor, tile_id: torch.Tensor, full_count: torch.Tensor, width: int):
