@@ -23,6 +23,7 @@ GPU, each of the operations here costs the host more than its work costs the dev
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -43,16 +44,19 @@ class BlockSparseLayout:
     col_index: torch.Tensor  # int32 (H', nb, max_col)
     col_tile: torch.Tensor  # int32 (H', nb, max_col)
     tile_masks: torch.Tensor  # bool (T, bs, bs), element masks of partial tiles
-    # The counts on the host, where kernels plan their launches without waiting for the
-    # device again.
-    host_counts: torch.Tensor
-    active_tiles: int  # tiles a kernel computes, over all layout heads: host_counts[0]'s sum
+    active_tiles: int  # tiles a kernel computes, over all layout heads: row_count's sum
     # Work plans a kernel derives from this layout (index lists, masks), kept with it.
     plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_layout_heads(self) -> int:
         return self.kinds.shape[0]
+
+    @functools.cached_property
+    def host_counts(self) -> torch.Tensor:
+        """The counts on the host, copied when first asked for: where a kernel plans its
+        launches without waiting for the device again."""
+        return self.counts.cpu()
 
     # The counts one by one, int32 (H', nb) views: made when asked for (the Triton build
     # makes layouts in microseconds, and four views are a fair part of that).
@@ -124,8 +128,8 @@ def build_layout(
         col_index,
         col_tile,
         tile_masks=pattern.tile_masks(tiles, block_size),
-        host_counts=host_counts,
         active_tiles=int(host_counts[0].sum()),
     )
+    layout.__dict__["host_counts"] = host_counts  # copied already: keep it
     cache[key] = layout
     return layout

@@ -179,7 +179,7 @@ def _attend_tiles(
 
 
 @triton.jit
-def _work_item(items, H, LAYOUT_HEADS, ITEMS):
+def _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE):
     """This program's work: a block, its list range [start, stop) and its scratch slot.
 
     [start, mid) are full tiles and [mid, stop) partial ones (the lists hold full first).
@@ -187,7 +187,7 @@ def _work_item(items, H, LAYOUT_HEADS, ITEMS):
     """
     bh = tl.program_id(0)  # batch * H + head
     lh = (bh % H) % LAYOUT_HEADS  # layout head: 0 when all heads share the pattern
-    item = items + (lh * ITEMS + tl.program_id(1)) * 5  # longest items are launched first
+    item = items + lh * ITEM_STRIDE + tl.program_id(1) * 5  # longest items are launched first
     block = tl.load(item)
     start = tl.load(item + 1)
     stop = tl.load(item + 2)
@@ -200,11 +200,11 @@ def _work_item(items, H, LAYOUT_HEADS, ITEMS):
 def _forward_kernel(
     Q, K, V, Out, LSE, OPart, LSEPart,
     items, index, tile, masks,
-    qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
+    qk_scale, N, H, LAYOUT_HEADS, ITEM_STRIDE, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
+    bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE)
     list_offset = lh * list_stride_h + row * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -242,7 +242,7 @@ def _forward_kernel(
 
 @triton.jit
 def _merge_rows_kernel(
-    Out, LSE, OPart, LSEPart, merges, N, H, LAYOUT_HEADS, MERGES, SLOTS,
+    Out, LSE, OPart, LSEPart, merges, N, H, LAYOUT_HEADS, MERGE_STRIDE, SLOTS,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Join the pieces of a long row: piece p weighs 2^(lse_p - lse), lse = log2 sum 2^lse_p.
@@ -251,7 +251,7 @@ def _merge_rows_kernel(
     """
     bh = tl.program_id(0)
     lh = (bh % H) % LAYOUT_HEADS
-    merge = merges + (lh * MERGES + tl.program_id(1)) * 3
+    merge = merges + lh * MERGE_STRIDE + tl.program_id(1) * 3
     row = tl.load(merge)  # -1 pads a head with fewer long rows: it stores nothing
     first = tl.load(merge + 1)
     pieces = tl.load(merge + 2)
@@ -335,11 +335,11 @@ def _dkdv_tiles(
 def _dkdv_kernel(
     Q, K, V, DO, LSE, Delta, DK, DV, DKPart, DVPart,
     items, index, tile, masks,
-    scale, qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
+    scale, qk_scale, N, H, LAYOUT_HEADS, ITEM_STRIDE, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, col, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
+    bh, lh, col, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE)
     list_offset = lh * list_stride_h + col * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -402,11 +402,11 @@ def _dq_tiles(
 def _dq_kernel(
     Q, K, V, DO, LSE, Delta, DQ, DQPart,
     items, index, tile, masks,
-    scale, qk_scale, N, H, LAYOUT_HEADS, ITEMS, SLOTS, list_stride_h, list_stride_r,
+    scale, qk_scale, N, H, LAYOUT_HEADS, ITEM_STRIDE, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEMS)
+    bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE)
     list_offset = lh * list_stride_h + row * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -437,13 +437,13 @@ def _dq_kernel(
 
 @triton.jit
 def _sum_pieces_kernel(
-    Dst, Part, merges, scale, N, H, LAYOUT_HEADS, MERGES, SLOTS,
+    Dst, Part, merges, scale, N, H, LAYOUT_HEADS, MERGE_STRIDE, SLOTS,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Gradients are sums over tiles: a block cut in pieces gets scale * sum of its pieces."""
     bh = tl.program_id(0)
     lh = (bh % H) % LAYOUT_HEADS
-    merge = merges + (lh * MERGES + tl.program_id(1)) * 3
+    merge = merges + lh * MERGE_STRIDE + tl.program_id(1) * 3
     block = tl.load(merge)  # -1 pads a head with fewer long lists: it stores nothing
     first = tl.load(merge + 1)
     pieces = tl.load(merge + 2)
@@ -473,6 +473,7 @@ MAX_TILES_PER_PROGRAM = 64
 class WorkList:
     """The programs of one kernel: each walks entries [start, stop) of one block's list."""
 
+    # Views of the planner's tables: one head's rows may lie further apart than I or M.
     items: torch.Tensor  # int32 (H', I, 5): block, start, stop, slot, mid; longest first
     merges: torch.Tensor  # int32 (H', M, 3): block, first slot, pieces, for blocks cut up
     num_slots: int  # scratch slots per (batch, head) for the pieces' partial results
@@ -575,7 +576,7 @@ def _list_args(kl: KernelLayout, heads: int, rows: bool) -> tuple[tuple, tuple]:
     index = layout.row_index if rows else layout.col_index
     tile = layout.row_tile if rows else layout.col_tile
     pointers = (work.items, index, tile, kl.masks)
-    sizes = (heads, layout.num_layout_heads, work.items.shape[1])
+    sizes = (heads, layout.num_layout_heads, work.items.stride(0))
     sizes += (work.num_slots, index.stride(0), index.stride(1))
     return pointers, sizes
 
@@ -590,7 +591,8 @@ def _merge(kernel, dst: tuple, parts: tuple, work: WorkList, heads: int, kl, n: 
     if merges.shape[1]:  # some block was cut in pieces
         grid = (dst[0].shape[0] * heads, merges.shape[1])
         kernel[grid](*dst, *parts, merges, *kw.pop("scale", ()), n, heads,
-                     kl.layout.num_layout_heads, merges.shape[1], work.num_slots, **kw)  # fmt: skip
+                     kl.layout.num_layout_heads, merges.stride(0), work.num_slots,
+                     **kw)  # fmt: skip
 
 
 def _forward(q, k, v, kl: KernelLayout, scale: float):

@@ -35,14 +35,19 @@ edge of a window) are tested element by element, as ``layout.py`` refines them.
 The kernels (each program owns one row of tiles, or one column):
 
 1. ``_classify_kernel``: the kind of every tile, each row's and column's counts, and every
-   partial tile's rank within its row; and, per list, how the attention kernels' planner
-   will cut it in pieces. The host reads these counts (the one wait) and sums them: they
-   fix the sizes of everything that follows.
+   partial tile's rank within its row.
 2. ``_lists_kernel``: the row lists and the column lists, full tiles first, as
    ``layout.py`` defines them, and the element masks of the partial tiles (each by its
    row's or its column's program, whichever has fewer). One more program per group of
    lists plans the attention kernels' work (``_plan_lists``): which piece of which list
-   each of their programs walks.
+   each of their programs walks; and adds up the sizes the host needs.
+
+The host launches both without waiting in between. It bounds from the parts alone how
+long a list can be and how many partial tiles there can be (``_room_from_parts``; exact
+for Longformer's and BigBird's lists, since their global rows list every block),
+allocates that much, and then waits once, for the planner's dozen sizes, to cut every
+tensor to its true size. Waiting for the counts between the kernels, and sizing from
+them, had cost a third of the build.
 
 Patterns without parts get their layout from ``layout.py`` and their work from
 ``plan_work``, which runs the same planner as a kernel of its own.
@@ -55,6 +60,8 @@ straight from its compiled form (``_launch``), without Triton's per-launch work.
 from __future__ import annotations
 
 import inspect
+import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -62,7 +69,7 @@ import torch
 # First: triton_kernels decides between the GPU and the interpreter before triton loads.
 from . import triton_kernels as _setup
 from .layout import BlockSparseLayout
-from .patterns import EMPTY, FULL, PARTIAL, BlockRecipe, Pattern, _check_positive_int
+from .patterns import EMPTY, FULL, PARTIAL, BlockRecipe, Parts, Pattern, _check_positive_int
 
 # isort: split
 import triton
@@ -71,13 +78,15 @@ import triton.language as tl
 UNSURE = 3  # two parts touch the tile without filling it: only an element test can tell
 # The kinds as compile-time constants, the only globals a kernel may read.
 _EMPTY, _PARTIAL, _FULL, _UNSURE = (tl.constexpr(k) for k in (EMPTY, PARTIAL, FULL, UNSURE))
-# The rows of counts (COUNT_ROWS, HEADS, NB). The first four are the layout's: entries of
-# each row list, full ones among them, entries of each column list, full ones among them
-# (column counts are row counts + 2). Then, for the planner's table sizes, per row list:
-# its pieces, its pieces if it is cut in several (else 0), 1 if it is cut; the same per
-# column list (row rows + 3).
-ROW, ROW_FULL, COL, COL_FULL, PIECES, COUNT_ROWS = 0, 1, 2, 3, 4, 10
-_ROW, _ROW_FULL, _COL, _COL_FULL, _PIECES = (tl.constexpr(k) for k in range(5))
+# The rows of counts (4, HEADS, NB), the layout's: entries of each row list, full ones
+# among them, entries of each column list, full ones among them (column rows = row rows + 2).
+_ROW, _ROW_FULL, _COL, _COL_FULL = (tl.constexpr(k) for k in range(4))
+# What the planner reports per group of lists (one head's rows, or its columns), the numbers
+# the host reads back: sizes (2, HEADS, SIZES), rows then columns.
+PIECES, CUT_PIECES, CUT_LISTS, LONGEST, ENTRIES, FULL_ENTRIES, SIZES = range(7)
+_PIECES, _CUT_PIECES, _CUT_LISTS, _LONGEST, _ENTRIES, _FULL_ENTRIES, _SIZES = (
+    tl.constexpr(k) for k in range(7)
+)
 # How the kernels read the offsets part: none, a prefix sum over all offsets, or a range.
 NO_OFFSETS, PREFIX, RANGE = 0, 1, 2
 _NO_OFFSETS, _PREFIX, _RANGE = (tl.constexpr(k) for k in (NO_OFFSETS, PREFIX, RANGE))
@@ -219,10 +228,16 @@ def _tile_mask(r, c, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOK
 # specialize the kernel (an int equal to 1 becomes a constant, one divisible by 16 or a
 # pointer aligned to 16 bytes gives the compiler a hint), looks the result up among the
 # compiled versions, and checks that the tl.constexpr globals the kernel read are unchanged:
-# 30-70 microseconds of host time per launch on the H200 machine, more than these kernels
-# take on the GPU. A kernel that never specializes on its arguments' values has one
-# compiled version per set of constexpr values, so after its first launch it can be
-# launched straight from that compiled version (_launch).
+# about 30 microseconds of host time per launch on the H200 machine, more than these
+# kernels take on the GPU. Even the compiled kernel's own launch (``compiled[grid](...)``)
+# asks for the current device and stream, launch hooks and scratch memory before its C
+# launcher runs: 10-12 microseconds there, against 6-7 for the C launcher alone.
+#
+# These kernels never specialize on their arguments' values, so each has one compiled
+# version per set of constexpr values; the build passes every pointer with a dtype its
+# flags fix, and every int within int32 (it checks nb^2 * heads < 2^31). So after its first
+# launch a kernel is launched straight through its C launcher (_launch): no hooks, no
+# scratch memory, no other compiled version to look for.
 
 
 def _unspecialized_jit(fn):
@@ -232,46 +247,80 @@ def _unspecialized_jit(fn):
     return triton.jit(fn, do_not_specialize=runtime, do_not_specialize_on_alignment=runtime)
 
 
-_COMPILED: dict[tuple, object] = {}
+_LAUNCHERS: dict[tuple, object] = {}
+
+
+def _listened(hook) -> bool:
+    """Whether a launch hook is set: Triton 3.6 keeps a chain of them, empty by default."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _direct_launcher(compiled, flags: tuple):
+    """launch(grid, args) through `compiled`'s C launcher, or through the compiled kernel
+    itself where this Triton's launcher is not the one expected (scratch memory needed,
+    launch hooks set, another version's internals)."""
+    launcher = getattr(compiled, "run", None)
+    plain = getattr(launcher, "global_scratch_size", 1) == 0 and not any(
+        getattr(launcher, name, True)
+        for name in ("profile_scratch_size", "launch_cooperative_grid", "launch_pdl")
+    )
+    if not (plain and hasattr(launcher, "launch")):
+        return lambda grid, args: compiled[grid](*args, *flags)
+    c_launch, function, metadata = launcher.launch, compiled.function, compiled.packed_metadata
+    hooks = triton.knobs.runtime
+    stream_of = torch._C._cuda_getCurrentRawStream
+
+    def launch(grid, args):
+        if _listened(hooks.launch_enter_hook) or _listened(hooks.launch_exit_hook):
+            compiled[grid](*args, *flags)  # a profiler listens: Triton's own launch calls it
+            return
+        stream = stream_of(torch.cuda.current_device())
+        c_launch(*grid, stream, function, False, False, None, None, metadata, None, None, None,
+                 *args, *flags)  # fmt: skip
+
+    return launch
 
 
 def _launch(kernel, grid: tuple, *args, **constexprs) -> None:
     """``kernel[grid](*args, **constexprs)``: on a GPU, after the first launch with these
-    constexpr values and argument types, straight from the compiled kernel that launch
-    returned. For _unspecialized_jit kernels whose constexpr parameters come last."""
+    constexpr values, straight through the C launcher of the compiled kernel that launch
+    returned. For _unspecialized_jit kernels whose constexpr parameters come last, each
+    pointer of one dtype and each int within int32 for given constexpr values; grid 3-d."""
     if _setup.INTERPRETED:
         kernel[grid](*args, **constexprs)
         return
-    flags = tuple(constexprs[p.name] for p in kernel.params[len(args) :])
-    # What still picks the compiled version: tensors' dtypes, and ints as int32 or int64.
-    types = tuple([a.dtype if isinstance(a, torch.Tensor) else -(2**31) <= a < 2**31 for a in args])
-    key = (kernel, torch.cuda.current_device(), flags, types)
-    compiled = _COMPILED.get(key)
-    if compiled is not None:
-        compiled[grid](*args, *flags)
+    key = (kernel, torch.cuda.current_device(), *constexprs.values())
+    launch = _LAUNCHERS.get(key)
+    if launch is not None:
+        launch(grid, args)
         return
     runtime, constant = kernel.params[: len(args)], kernel.params[len(args) :]
     assert all(p.do_not_specialize and p.do_not_specialize_on_alignment for p in runtime)
     assert all(p.is_constexpr for p in constant) and len(constant) == len(constexprs)
-    _COMPILED[key] = kernel[grid](*args, **constexprs)
+    compiled = kernel[grid](*args, **constexprs)
+    _LAUNCHERS[key] = _direct_launcher(compiled, tuple(constexprs[p.name] for p in constant))
 
 
 # ---- kernel 1: the kind of every tile ---------------------------------------------------
 
 
 @_unspecialized_jit
-def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
-                     NUM_TOKENS, blocks, BAND, GLOBAL_BLOCKS, N, NB, HEADS, BS, MAX_TILES,
+def _classify_kernel(kinds, rank, counts, sizes, offset_prefix, OFF_LO, OFF_HI, tokens,
+                     FIRST_TOKEN, NUM_TOKENS, blocks, BAND, GLOBAL_BLOCKS, N, NB, HEADS, BS,
                      BLOCK_BS: tl.constexpr, BLOCK_NB: tl.constexpr, TOKEN_STEPS: tl.constexpr,
                      OFFSETS: tl.constexpr, TOKENS: tl.constexpr, BLOCKS: tl.constexpr,
                      RANDOM: tl.constexpr):  # fmt: skip
     """Program (b, h, 0) classifies row b of head h, program (b, h, 1) column b.
 
-    counts (COUNT_ROWS, HEADS, NB): row count, row full count, column count, column full
-    count, then the planner's numbers (see COUNT_ROWS); kinds (HEADS, NB, NB) int8; rank
+    counts (4, HEADS, NB): row count, row full count, column count, column full count;
+    kinds (HEADS, NB, NB) int8; rank
     (HEADS, NB, NB) int32: the partial tiles of a row numbered 0, 1, ... from left to right.
+    Program (0, 0, 0) also zeroes sizes (2, SIZES), where the lists kernel's planner adds up.
     """
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if (b == 0) & (h == 0) & (column == 0):
+        fields = tl.arange(0, 16)
+        tl.store(sizes + fields, 0, mask=fields < 2 * _SIZES)
     other = tl.arange(0, BLOCK_NB)  # the blocks across this row (or down this column)
     ok = other < NB
     # Lanes past NB ask about a real block, so that every load stays in bounds; their
@@ -304,11 +353,6 @@ def _classify_kernel(kinds, rank, counts, offset_prefix, OFF_LO, OFF_HI, tokens,
     full = tl.sum((kind == _FULL).to(tl.int32), 0)
     tl.store(_counts_of(counts, _ROW + 2 * column, h, HEADS, NB) + b, listed)
     tl.store(_counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB) + b, full)
-    _, _, _, pieces, cut = _pieces(listed, b < NB, MAX_TILES)
-    planned = _PIECES + 3 * column
-    tl.store(_counts_of(counts, planned, h, HEADS, NB) + b, pieces)
-    tl.store(_counts_of(counts, planned + 1, h, HEADS, NB) + b, cut)
-    tl.store(_counts_of(counts, planned + 2, h, HEADS, NB) + b, (cut > 0).to(tl.int32))
     if column == 0:
         row = (h * NB + b) * NB + other
         tl.store(kinds + row, kind.to(tl.int8), mask=ok)
@@ -331,7 +375,7 @@ def _store_item(item, block, start, stop, slot, full_count, mask):
 
 
 @triton.jit
-def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TILES,
+def _plan_lists(items, merges, sizes, list_count, list_full, NB, ITEMS, MERGES, MAX_TILES,
                 BLOCK_NB: tl.constexpr):  # fmt: skip
     """The attention kernels' work on one group of NB lists (one head's rows, or columns).
 
@@ -342,7 +386,8 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
     by length; a group with fewer pieces than ITEMS repeats its last, shortest one. A
     list cut in several pieces has them computed into scratch slots numbered 0, 1, ...
     list by list; merges (MERGES, 3) names each such list, its first slot and its number
-    of pieces, then pads with list -1 (nothing to merge).
+    of pieces, then pads with list -1 (nothing to merge). Nothing is written past ITEMS or
+    MERGES: the host sized them from bounds, and reads in `sizes` what was needed.
     """
     lists = tl.arange(0, BLOCK_NB)
     ok = lists < NB
@@ -357,7 +402,7 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
         start = k * MAX_TILES
         slot = tl.where(cut > 0, first_slot + k, -1)
         _store_item(items + (first_place + k) * 5, lists, start, start + MAX_TILES, slot,
-                    full_count, k < whole)  # fmt: skip
+                    full_count, (k < whole) & (first_place + k < ITEMS))  # fmt: skip
     # Then the shorter pieces, longest first. One number orders them: a piece of list b
     # with `rest` entries gets key (MAX_TILES - rest) * BLOCK_NB + b, so a longer piece
     # comes first and, among equally long ones, the earlier list. After the sort the k-th
@@ -366,36 +411,46 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
     none = tl.cast(MAX_TILES + 1, tl.int64) * BLOCK_NB
     key = tl.where(short, (MAX_TILES - rest).to(tl.int64) * BLOCK_NB + lists, none)
     key = tl.sort(key, 0)
-    place = lists  # the k-th sorted key goes to place k among the shorter pieces
+    place = tl.sum(whole, 0) + lists  # the k-th sorted key: k-th after the whole pieces
     owner = (key % BLOCK_NB).to(tl.int32)  # the list of that piece
     owner_whole = tl.gather(whole, owner, 0)
     owner_slot = tl.gather(first_slot, owner, 0) + owner_whole  # its slot, if cut
     slot = tl.where(tl.gather(cut, owner, 0) > 0, owner_slot, -1)
     _store_item(
-        items + (tl.sum(whole, 0) + place) * 5,
+        items + place * 5,
         owner,
         owner_whole * MAX_TILES,
         tl.gather(count, owner, 0),
         slot,
         tl.gather(full_count, owner, 0),
-        key < none,
+        (key < none) & (place < ITEMS),
     )
 
     # Merges: the lists cut in pieces, in list order.
     is_cut = (cut > 0).to(tl.int32)
     at = tl.cumsum(is_cut, 0) - is_cut
-    tl.store(merges + at * 3, lists, mask=cut > 0)
-    tl.store(merges + at * 3 + 1, first_slot, mask=cut > 0)
-    tl.store(merges + at * 3 + 2, cut, mask=cut > 0)
+    listed = (cut > 0) & (at < MERGES)
+    tl.store(merges + at * 3, lists, mask=listed)
+    tl.store(merges + at * 3 + 1, first_slot, mask=listed)
+    tl.store(merges + at * 3 + 2, cut, mask=listed)
     for start in range(tl.sum(is_cut, 0), MERGES, BLOCK_NB):
         pad = (start + lists) * 3
         tl.store(merges + pad, -1, mask=start + lists < MERGES)
         tl.store(merges + pad + 1, 0, mask=start + lists < MERGES)
         tl.store(merges + pad + 2, 0, mask=start + lists < MERGES)
 
+    # What the host reads back, over all heads (sizes was zeroed before): the most pieces,
+    # scratch slots and cut lists a head needs, the longest list, and all entries.
+    size = tl.sum(pieces, 0)
+    tl.atomic_max(sizes + _PIECES, size)
+    tl.atomic_max(sizes + _CUT_PIECES, tl.sum(cut, 0))
+    tl.atomic_max(sizes + _CUT_LISTS, tl.sum(is_cut, 0))
+    tl.atomic_max(sizes + _LONGEST, tl.max(count, 0))
+    tl.atomic_add(sizes + _ENTRIES, tl.sum(count, 0))
+    tl.atomic_add(sizes + _FULL_ENTRIES, tl.sum(full_count, 0))
+
     # Padding: copies of the last item, once every thread's items are in memory.
     tl.debug_barrier()
-    size = tl.sum(pieces, 0)
     for start in range(size, ITEMS, BLOCK_NB):
         for field in tl.static_range(5):
             value = tl.load(items + (size - 1) * 5 + field)
@@ -403,24 +458,20 @@ def _plan_lists(items, merges, list_count, list_full, NB, ITEMS, MERGES, MAX_TIL
 
 
 @triton.jit
-def _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges, NB, HEADS,
-                ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
+def _plan_group(h, column, counts, items, merges, sizes, NB, HEADS, ITEMS, MERGES, MAX_TILES,
                 BLOCK_NB: tl.constexpr):  # fmt: skip
     """Plan the work on head h's row lists (column == 0) or on its column lists; counts
-    (4, HEADS, NB) as _classify_kernel writes them."""
-    list_count = _counts_of(counts, _ROW + 2 * column, h, HEADS, NB)
-    list_full = _counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB)
-    items, merges = row_items + h * ROW_ITEMS * 5, row_merges + h * ROW_MERGES * 3
-    num_items, num_merges = ROW_ITEMS, ROW_MERGES
-    if column != 0:
-        items, merges = col_items + h * COL_ITEMS * 5, col_merges + h * COL_MERGES * 3
-        num_items, num_merges = COL_ITEMS, COL_MERGES
-    _plan_lists(items, merges, list_count, list_full, NB, num_items, num_merges, MAX_TILES,
-                BLOCK_NB)  # fmt: skip
+    (4, HEADS, NB) as _classify_kernel writes them, items (2, HEADS, ITEMS, 5), merges
+    (2, HEADS, MERGES, 3) and sizes (2, SIZES): rows', then columns'."""
+    group = column * HEADS + h
+    _plan_lists(items + group * ITEMS * 5, merges + group * MERGES * 3, sizes + column * _SIZES,
+                _counts_of(counts, _ROW + 2 * column, h, HEADS, NB),
+                _counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB), NB, ITEMS, MERGES,
+                MAX_TILES, BLOCK_NB)  # fmt: skip
 
 
 @triton.jit
-def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
+def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks, MASK_TILES,
                 offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB, HEADS, BS,
                 BLOCK_NB: tl.constexpr, BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
                 OFFSETS: tl.constexpr, TOKENS: tl.constexpr):  # fmt: skip
@@ -455,8 +506,9 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
     within = tl.load(rank + tiles, mask=partial, other=0)  # place among its row's partial tiles
     tile_id = tl.gather(tile_base, rows, 0) + within
     entry = (h * NB + b) * width + place
-    tl.store(index + entry, other, mask=full | partial)
-    tl.store(tile + entry, tl.where(partial, tile_id, -1), mask=full | partial)
+    listed = (full | partial) & (place < width)  # never past the width the host allowed
+    tl.store(index + entry, other, mask=listed)
+    tl.store(tile + entry, tl.where(partial, tile_id, -1), mask=listed)
     # Past the list's end: block 0 and no tile, as padding.
     pad = (other >= tl.sum((full | partial).to(tl.int32), 0)) & (other < width)
     tl.store(index + (h * NB + b) * width + other, 0, mask=pad)
@@ -484,41 +536,39 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
                              NUM_TOKENS, N, BS, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
         t = tl.sum(tl.where(other == o, tile_id, 0), 0).to(tl.int64)  # its place in masks
         tl.store(masks + (t * BS + a[:, None]) * BS + a[None, :], allowed.to(tl.uint8),
-                 mask=inside)  # fmt: skip
+                 mask=inside & (t < MASK_TILES))  # fmt: skip
 
 
 @_unspecialized_jit
-def _lists_kernel(kinds, rank, counts, row_index, row_tile, col_index, col_tile, masks,
-                  row_items, row_merges, col_items, col_merges, offset_prefix, OFF_LO,
-                  OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB, HEADS, BS, ROW_WIDTH, COL_WIDTH,
-                  ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB: tl.constexpr,
+def _lists_kernel(kinds, rank, counts, index, tile, masks, items, merges, sizes, offset_prefix,
+                  OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB, HEADS, BS, WIDTH,
+                  MASK_TILES, ITEMS, MERGES, MAX_TILES, BLOCK_NB: tl.constexpr,
                   BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
                   OFFSETS: tl.constexpr, TOKENS: tl.constexpr):  # fmt: skip
     """Program (b < NB, h, 0) writes row b's list of head h, (b < NB, h, 1) column b's;
-    program (NB, h, 0) plans the work on head h's rows, (NB, h, 1) on its columns."""
+    program (NB, h, 0) plans the work on head h's rows, (NB, h, 1) on its columns.
+
+    index and tile (2, HEADS, NB, WIDTH): the rows' lists, then the columns'; masks
+    (MASK_TILES, BS, BS); items, merges and sizes as _plan_group takes them.
+    """
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if b == NB:
-        _plan_group(h, column, counts, row_items, row_merges, col_items, col_merges, NB, HEADS,
-                    ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
+        _plan_group(h, column, counts, items, merges, sizes, NB, HEADS, ITEMS, MERGES,
+                    MAX_TILES, BLOCK_NB)  # fmt: skip
     else:
-        index, tile, width = row_index, row_tile, ROW_WIDTH
-        if column != 0:
-            index, tile, width = col_index, col_tile, COL_WIDTH
-        _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks,
-                    offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB,
-                    HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
+        side = column * HEADS * NB * WIDTH
+        _write_list(b, h, column, kinds, rank, counts, index + side, tile + side, WIDTH, masks,
+                    MASK_TILES, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS,
+                    N, NB, HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
 
 
 @_unspecialized_jit
-def _plan_kernel(counts, row_items, row_merges, col_items, col_merges, NB, HEADS, ROW_ITEMS,
-                 ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
+def _plan_kernel(counts, items, merges, sizes, NB, HEADS, ITEMS, MERGES, MAX_TILES,
                  BLOCK_NB: tl.constexpr):  # fmt: skip
     """The planner alone, for a layout built by layout.py: program (0, h, 0) plans head
-    h's rows, (0, h, 1) its columns; counts (4, HEADS, NB), the layout's four rows of
-    _classify_kernel's counts."""
-    _plan_group(tl.program_id(1), tl.program_id(2), counts, row_items, row_merges, col_items,
-                col_merges, NB, HEADS, ROW_ITEMS, ROW_MERGES, COL_ITEMS, COL_MERGES, MAX_TILES,
-                BLOCK_NB)  # fmt: skip
+    h's rows, (0, h, 1) its columns; counts (4, HEADS, NB) as _classify_kernel writes them."""
+    _plan_group(tl.program_id(1), tl.program_id(2), counts, items, merges, sizes, NB, HEADS,
+                ITEMS, MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
 
 
 # ---- host side ------------------------------------------------------------------------
@@ -562,13 +612,13 @@ def _block_bits(table: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _int32_tensors(device, *shapes) -> list[torch.Tensor]:
-    """Empty int32 tensors of these 3-d shapes, carved out of one allocation: one
-    as_strided call each (splitting, then viewing, costs the host two)."""
-    sizes = [a * b * c for a, b, c in shapes]
-    flat = torch.empty(sum(sizes), dtype=torch.int32, device=device)
-    tensors, start = [], 0
-    for (a, b, c), size in zip(shapes, sizes, strict=True):
-        tensors.append(flat.as_strided((a, b, c), (b * c, c, 1), start))  # contiguous
+    """Empty int32 tensors of these shapes, carved out of one allocation: one as_strided
+    call each (splitting, then viewing, costs the host two)."""
+    tensors, sizes = [], [math.prod(shape) for shape in shapes]
+    flat, start = torch.empty(sum(sizes), dtype=torch.int32, device=device), 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
+        tensors.append(flat.as_strided(shape, strides, start))  # contiguous
         start += size
     return tensors
 
@@ -579,30 +629,92 @@ def _pieces_of_at_most(max_tiles: int, nb: int) -> int:
     return min(_check_positive_int("max_tiles", max_tiles), nb)
 
 
-def _piece_sums(listed: np.ndarray, max_tiles: int) -> list:
-    """What _classify_kernel's last six rows of counts sum to per head, from a layout's
-    counts (4, H', nb) on the host: for rows, then columns, the pieces, the pieces of the
-    lists cut, and the lists cut (_pieces in NumPy)."""
-    pieces = np.maximum(-(-listed[0::2] // max_tiles), 1)  # (2, H', nb)
-    cut = np.where(pieces > 1, pieces, 0)
-    return np.stack([pieces, cut, cut > 0], 1).sum(-1).reshape(6, -1).tolist()  # (6, H')
+# ---- sizes: bounded before the kernels run, read back after ------------------------------
 
 
-def _work_shapes(piece_sums: list, heads: int) -> tuple[list, list]:
-    """The planner's tables -- row items, row merges, column items, column merges -- as
-    shapes, and the scratch slots per (batch, head) of rows and of columns, from the six
-    per-head sums of _piece_sums: each table is sized for the head that needs most."""
-    shapes, slots = [], []
-    for pieces, cut_pieces, lists_cut in (piece_sums[:3], piece_sums[3:]):
-        shapes += [(heads, max(pieces), 5), (heads, max(lists_cut), 3)]
-        slots.append(max(max(cut_pieces), 1))
-    return shapes, slots
+class _Room(NamedTuple):
+    """What the lists kernel may write: entries per list, element masks of partial tiles,
+    work items and merges per group of lists (one head's rows, or its columns)."""
+
+    width: int
+    partial_tiles: int
+    items: int
+    merges: int
 
 
-def _work_lists(tables: list, slots: list) -> tuple:
-    """The planner's tables as triton_kernels.WorkList of the rows and of the columns."""
-    rows = _setup.WorkList(tables[0], tables[1], slots[0])
-    return rows, _setup.WorkList(tables[2], tables[3], slots[1])
+def _blocks_touched(length: int, bs: int) -> int:
+    """The most blocks of size bs that `length` consecutive positions can touch."""
+    return (length + 2 * bs - 2) // bs
+
+
+def _tiles_across(edge: int, bs: int) -> int:
+    """The tiles of one row whose offsets hold both edge - 1 and edge: tile (r, r - k) holds
+    the offsets k * bs - (bs - 1) ... k * bs + (bs - 1), so one or two of them (none when
+    bs = 1)."""
+    return (edge + bs - 2) // bs + (bs - 1 - edge) // bs + 1
+
+
+def _partly_global_blocks(tokens: list, n: int, bs: int) -> int:
+    """At most how many blocks hold global tokens and other positions: of a run, the blocks
+    of its first and last token; of other lists, one a token, within the blocks spanned."""
+    first, last = tokens[0], tokens[-1]
+    if last - first + 1 != len(tokens):
+        return min(len(tokens), last // bs - first // bs + 1)
+    ends = {first // bs, last // bs}
+    return sum(not (first <= b * bs and min(b * bs + bs, n) - 1 <= last) for b in ends)
+
+
+def _room_from_parts(parts: Parts, n: int, bs: int, heads: int, max_tiles: int) -> _Room:
+    """Bounds of what the lists kernel writes, from the parts alone, so that it can run
+    before the host has read the counts. They are tight for Longformer and BigBird, whose
+    global rows list every block. Partial tiles of offsets that are no one range (a
+    dilated window) get no room: such a pattern is built twice when it has any."""
+    nb = -(-n // bs)
+    width = partial = 0  # partial: per head
+    if parts.offset_range is not None:
+        lo, hi = parts.offset_range
+        width += _blocks_touched(bs + hi - lo, bs)  # a query block's keys within [lo, hi]
+        # Only tiles whose offsets cross an edge of the band are partial for it.
+        edges = [edge for edge, inside in ((lo, lo > 1 - n), (hi + 1, hi < n - 1)) if inside]
+        partial += nb * sum(_tiles_across(edge, bs) for edge in edges)
+    elif parts.offsets is not None:
+        width = nb
+    if parts.tokens:
+        width = nb  # a global token's row lists every block
+        partial += 2 * nb * _partly_global_blocks(parts.tokens, n, bs)  # their rows, columns
+    if parts.blocks is not None:
+        recipe = parts.blocks.recipe
+        if recipe is None or recipe.global_blocks or recipe.random.shape[-1]:
+            width = nb  # a column may be any row's random block
+        else:
+            width += 2 * recipe.band + 1
+    width = max(1, min(width, nb))
+    pieces = -(-width // max_tiles)  # the most a list is cut in
+    return _Room(width, heads * min(partial, nb * nb), nb * pieces, nb if pieces > 1 else 0)
+
+
+def _room_needed(sizes: list) -> _Room:
+    """The room the lists kernel needed, from the planner's sizes (rows', columns')."""
+    rows, cols = sizes
+    return _Room(
+        max(rows[LONGEST], cols[LONGEST], 1),
+        rows[ENTRIES] - rows[FULL_ENTRIES],
+        max(rows[PIECES], cols[PIECES]),
+        max(rows[CUT_LISTS], cols[CUT_LISTS]),
+    )
+
+
+def _work_lists(items: torch.Tensor, merges: torch.Tensor, sizes: list) -> tuple:
+    """triton_kernels.WorkList of the rows and of the columns, as views of the planner's
+    tables, items (2, H', I, 5) and merges (2, H', M, 3), cut to the sizes it read back."""
+    return tuple(
+        _setup.WorkList(
+            items[side, :, : size[PIECES]],
+            merges[side, :, : size[CUT_LISTS]],
+            max(size[CUT_PIECES], 1),
+        )  # fmt: skip
+        for side, size in enumerate(sizes)
+    )
 
 
 def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
@@ -611,13 +723,16 @@ def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
     ``_plan_lists`` run as a kernel of its own on `device`."""
     _, heads, nb = host_counts.shape
     max_tiles = _pieces_of_at_most(max_tiles, nb)
-    shapes, slots = _work_shapes(_piece_sums(host_counts.numpy(), max_tiles), heads)
-    tables = _int32_tensors(device, *shapes)
+    pieces = -(-max(int(host_counts.max()), 1) // max_tiles)
+    items, merges, sizes = _int32_tensors(
+        device, (2, heads, nb * pieces, 5), (2, heads, nb if pieces > 1 else 0, 3), (2, SIZES)
+    )
+    sizes.zero_()
     _launch(
-        _plan_kernel, (1, heads, 2), host_counts.to(device), *tables, nb, heads,
-        *[shape[1] for shape in shapes], max_tiles, BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
+        _plan_kernel, (1, heads, 2), host_counts.to(device), items, merges, sizes, nb, heads,
+        items.shape[2], merges.shape[2], max_tiles, BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
     )  # fmt: skip
-    return _work_lists(tables, slots)
+    return _work_lists(items, merges, sizes.tolist())
 
 
 def build_from_parts(
@@ -668,42 +783,50 @@ def build_from_parts(
         block_mode, block_data = BITS, _block_bits(blocks.layout, device)
     part_args = (offset_prefix, lo, hi, tokens, first_token, len(parts.tokens))
     flags = {"TOKEN_STEPS": steps, "TOKENS": token_mode, "OFFSETS": offsets}
-
-    kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
-    rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch, freed after
-    counts = torch.empty(COUNT_ROWS, heads, nb, dtype=torch.int32, device=device)
     block_nb = max(16, _setup._next_power_of_2(nb))
     block_bs = _setup._next_power_of_2(bs)
-    _launch(
-        _classify_kernel, (nb, heads, 2), kinds, rank, counts, *part_args, block_data,
-        recipe.band, recipe.global_blocks, n, nb, heads, bs, max_tiles, BLOCK_BS=block_bs,
-        BLOCK_NB=block_nb, BLOCKS=block_mode, RANDOM=recipe.random.shape[-1], **flags,
-    )  # fmt: skip
-    host = counts.cpu()  # the one wait for the device
-    table = host.numpy()
-    sums = table.sum(-1, dtype=np.int32).tolist()  # (COUNT_ROWS, H'): int32 needs no cast
-    maxima = table.max(-1).tolist()
-    active_tiles = sum(sums[ROW])
-    num_partial = active_tiles - sum(sums[ROW_FULL])
-    max_row, max_col = max(*maxima[ROW], 1), max(*maxima[COL], 1)
-    work_shapes, slots = _work_shapes(sums[PIECES:], heads)
 
-    list_shapes = [(heads, nb, width) for width in (max_row, max_row, max_col, max_col)]
-    tensors = _int32_tensors(device, *list_shapes, *work_shapes)
-    if num_partial:
-        masks = torch.empty(num_partial, bs, bs, dtype=torch.uint8, device=device)
+    def run(room: _Room) -> tuple:
+        """Both kernels, back to back, writing within `room`; then the one wait for the
+        device: the planner's sizes. Returns the tensors and those sizes."""
+        kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
+        rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch
+        lists = (2, heads, nb, room.width)  # rows' lists, then columns'
+        counts, index, tile, items, merges, sizes = _int32_tensors(
+            device, (4, heads, nb), lists, lists, (2, heads, room.items, 5),
+            (2, heads, room.merges, 3), (2, SIZES),
+        )  # fmt: skip
+        masks = _no_tiles(device, bs)[1]
+        if room.partial_tiles:
+            masks = torch.empty(room.partial_tiles, bs, bs, dtype=torch.uint8, device=device)
+        _launch(
+            _classify_kernel, (nb, heads, 2), kinds, rank, counts, sizes, *part_args,
+            block_data, recipe.band, recipe.global_blocks, n, nb, heads, bs, BLOCK_BS=block_bs,
+            BLOCK_NB=block_nb, BLOCKS=block_mode, RANDOM=recipe.random.shape[-1], **flags,
+        )  # fmt: skip
+        _launch(
+            _lists_kernel, (nb + 1, heads, 2), kinds, rank, counts, index, tile, masks, items,
+            merges, sizes, *part_args, n, nb, heads, bs, room.width, room.partial_tiles,
+            room.items, room.merges, max_tiles, BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
+        )  # fmt: skip
+        return (kinds, counts, index, tile, masks, items, merges), sizes.tolist()
+
+    room = _room_from_parts(parts, n, bs, heads, max_tiles)
+    tensors, sizes = run(room)
+    needed = _room_needed(sizes)
+    if any(need > had for need, had in zip(needed, room, strict=True)):
+        tensors, sizes = run(needed)  # the bounds fell short: again, with the room it needs
+    kinds, counts, index, tile, masks, items, merges = tensors
+
+    rows, cols = sizes
+    max_row, max_col = max(rows[LONGEST], 1), max(cols[LONGEST], 1)
+    if needed.partial_tiles:
+        masks = masks[: needed.partial_tiles]
         tile_masks = masks.view(torch.bool)
     else:
         tile_masks, masks = _no_tiles(device, bs)
-    _launch(
-        _lists_kernel, (nb + 1, heads, 2), kinds, rank, counts, *tensors[:4], masks,
-        *tensors[4:], *part_args, n, nb, heads, bs, max_row, max_col,
-        *[shape[1] for shape in work_shapes], max_tiles, BLOCK_NB=block_nb, BLOCK_BS=block_bs,
-        **flags,
-    )  # fmt: skip
-    row_index, row_tile, col_index, col_tile = tensors[:4]
     layout = BlockSparseLayout(
-        n, bs, nb, kinds, counts[:4], row_index, row_tile, col_index, col_tile, tile_masks,
-        host[:4], active_tiles,
+        n, bs, nb, kinds, counts, index[0, ..., :max_row], tile[0, ..., :max_row],
+        index[1, ..., :max_col], tile[1, ..., :max_col], tile_masks, rows[ENTRIES],
     )  # fmt: skip
-    return (layout, *_work_lists(tensors[4:], slots), masks)
+    return (layout, *_work_lists(items, merges, sizes), masks)

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 # Imported before anything else imports triton: it switches on the interpreter without CUDA.
 tk = pytest.importorskip("sparse_attn_edu.triton_kernels")
 
+import triton  # noqa: E402
+
 from sparse_attn_edu import patterns, triton_layout  # noqa: E402
 from sparse_attn_edu.layout import build_layout  # noqa: E402
 from sparse_attn_edu.patterns import FULL, PARTIAL  # noqa: E402
@@ -179,11 +181,63 @@ def test_a_huge_max_tiles_cuts_nothing():
 
 
 def test_the_layout_keeps_no_scratch():
-    # The counts it keeps are views of the classify kernel's counts, (COUNT_ROWS, H', nb)
-    # int32, not of an (H', nb, nb) scratch buffer.
-    p = patterns.bigbird(80, 4, 3, 1, 1, num_heads=4)
-    layout = build(p, 4, DEVICE)
-    assert layout.row_count.untyped_storage().nbytes() == triton_layout.COUNT_ROWS * 4 * 20 * 4
+    # What a build keeps: the kinds, one int32 allocation holding the counts, the lists and
+    # the work lists, and the masks; not the (H', nb, nb) int32 ranks of partial tiles.
+    p = patterns.longformer(80, 14, (0, 1, 2)) | patterns.bigbird(80, 4, 3, 1, 1, num_heads=4)
+    layout, rows, cols, masks = triton_layout.build_from_parts(p, 4, DEVICE, 2)
+    kept = [getattr(layout, name) for name in FIELDS if name != "host_counts"]
+    kept += [rows.items, rows.merges, cols.items, cols.merges, masks]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
+    assert len(storages) == 3 and layout.tile_masks.numel() > 0
+    assert storages[layout.kinds.untyped_storage().data_ptr()] == 4 * 20 * 20  # int8
+    shared = layout.row_count.untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == shared for t in kept[1:9] + kept[10:14])
+
+
+def room_needed(reference, max_tiles: int) -> tuple:
+    """What the lists kernel writes for layout.py's layout `reference`: entries per list,
+    partial tiles, and per group of lists the planner's pieces and cut lists."""
+    lists = reference.host_counts[0::2]  # (2, H', nb): rows' and columns' entries
+    pieces = (-(-lists // max_tiles)).clamp(min=1)
+    return (max(int(lists.max()), 1), reference.tile_masks.shape[0],
+            int(pieces.sum(-1).max()), int((pieces > 1).sum(-1).max()))  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), block_size=st.sampled_from([1, 2, 3, 5, 8, 16]),
+       max_tiles=st.integers(1, 5), data=st.data())  # fmt: skip
+def test_room_from_parts_holds_what_the_kernels_write(n, block_size, max_tiles, data):
+    # The lists kernel runs before the host reads any count, into room bounded from the
+    # parts alone. For every pattern whose offsets are one range the bounds hold (against
+    # layout.py's layout), and with a global row the width is exactly nb.
+    nb = math.ceil(n / block_size)
+    max_tiles = min(max_tiles, nb)
+    heads = data.draw(st.sampled_from([None, 3]))
+    bigbird = patterns.bigbird(n, block_size, 3, min(1, nb), int(nb >= 5), num_heads=heads)
+    window_only = patterns.bigbird(n, block_size, 3, 0, int(nb >= 5), num_heads=heads)
+    cases = [p for p in zoo(n, data.draw) if p.parts().offsets is None or p.parts().offset_range]
+    for p in [*cases, bigbird, window_only, window_only | patterns.sliding_window(n, 2)]:
+        blocks = p.parts().blocks
+        layout_heads = blocks.layout.shape[0] if blocks and blocks.layout.dim() == 3 else 1
+        room = triton_layout._room_from_parts(p.parts(), n, block_size, layout_heads, max_tiles)
+        needed = room_needed(build_layout(p, block_size), max_tiles)
+        assert all(r >= need for r, need in zip(room, needed, strict=True)), (repr(p), room, needed)
+        if p.parts().tokens or (p.parts().blocks and p.parts().blocks.recipe.global_blocks):
+            assert room.width == nb
+
+
+def test_a_pattern_that_needs_more_room_is_built_again(monkeypatch):
+    # A dilated window's partial tiles get no room: its build runs both kernels twice, the
+    # second time with the room the first one read back. Longformer's runs them once.
+    classified = []
+    real_launch = triton_layout._launch
+    monkeypatch.setattr(triton_layout, "_launch", lambda kernel, *a, **k: (
+        classified.append(1) if kernel is triton_layout._classify_kernel else None,
+        real_launch(kernel, *a, **k)))  # fmt: skip
+    for p, runs in ((patterns.dilated_window(40, 8, 2), 2), (patterns.longformer(40, 8, (3,)), 1)):
+        assert_same_layout(build(p, 4, DEVICE), build_layout(p, 4), repr(p))
+        assert len(classified) == runs, repr(p)
+        classified.clear()
 
 
 def test_offsets_read_as_a_range_or_as_a_prefix():
@@ -230,8 +284,18 @@ class FakeKernel:
 
 
 class FakeCompiled:
-    def __init__(self, kernel: FakeKernel):
+    """A compiled kernel: its own launch records into kernel.direct; with `c_launcher`, a
+    `run` like Triton's CudaLauncher whose C `launch` records into kernel.c_launched."""
+
+    def __init__(self, kernel: FakeKernel, c_launcher: bool = False):
         self.kernel = kernel
+        self.function, self.packed_metadata = "function", "metadata"
+        if c_launcher:
+            kernel.c_launched = []
+            self.run = SimpleNamespace(
+                global_scratch_size=0, profile_scratch_size=0, launch_cooperative_grid=False,
+                launch_pdl=False, launch=lambda *args: kernel.c_launched.append(args),
+            )  # fmt: skip
 
     def __getitem__(self, grid):
         return lambda *args: self.kernel.direct.append((grid, args))
@@ -239,24 +303,44 @@ class FakeCompiled:
 
 def test_launch_goes_straight_to_the_compiled_kernel_after_the_first(monkeypatch):
     """triton_layout._launch, the GPU path, with Triton faked: the first launch of each
-    constexpr set and argument types goes through kernel[grid], later ones straight to the
-    compiled kernel it returned, with the constexprs appended in parameter order."""
+    constexpr set goes through kernel[grid], later ones straight to the compiled kernel it
+    returned, with the constexprs appended in parameter order."""
     monkeypatch.setattr(tk, "INTERPRETED", False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(triton_layout, "_COMPILED", {})
+    monkeypatch.setattr(triton_layout, "_LAUNCHERS", {})
     kernel = FakeKernel(runtime=2, constexprs=("B", "A"))
     x = torch.zeros(3, dtype=torch.int32)
 
     triton_layout._launch(kernel, (4, 1, 2), x, 7, A=1, B=2)
-    triton_layout._launch(kernel, (5, 1, 2), x, 8, A=1, B=2)  # same flags and types
+    triton_layout._launch(kernel, (5, 1, 2), x, 8, A=1, B=2)  # same flags
     assert kernel.through_triton == [((4, 1, 2), (x, 7), {"A": 1, "B": 2})]
     assert kernel.direct == [((5, 1, 2), (x, 8, 2, 1))]  # B, A: the parameters' order
 
     triton_layout._launch(kernel, (5, 1, 2), x, 8, A=1, B=3)  # other constexprs
-    triton_layout._launch(kernel, (5, 1, 2), x, 2**40, A=1, B=2)  # an int64 argument
-    triton_layout._launch(kernel, (5, 1, 2), x.float(), 8, A=1, B=2)  # another dtype
-    assert len(kernel.through_triton) == 4 and len(kernel.direct) == 1
+    assert len(kernel.through_triton) == 2 and len(kernel.direct) == 1
 
     specialized = FakeKernel(runtime=2, constexprs=("A",), specialized=True)
     with pytest.raises(AssertionError):  # its compiled form would not serve every call
         triton_layout._launch(specialized, (1,), x, 7, A=1)
+
+
+def test_launch_calls_the_c_launcher_unless_a_hook_listens(monkeypatch):
+    # Where the compiled kernel's launcher is Triton's CudaLauncher (no scratch memory),
+    # later launches call its C launch with the current stream; with a launch hook set
+    # (a profiler), the compiled kernel's own launch, which calls it.
+    monkeypatch.setattr(tk, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 77, raising=False)
+    monkeypatch.setattr(triton_layout, "_LAUNCHERS", {})
+    kernel = FakeKernel(runtime=2, constexprs=("A",))
+    compiled = FakeCompiled(kernel, c_launcher=True)
+    monkeypatch.setattr(FakeKernel, "__getitem__", lambda self, grid: lambda *a, **k: compiled)
+    x = torch.zeros(3, dtype=torch.int32)
+    triton_layout._launch(kernel, (1, 1, 1), x, 7, A=5)  # compiles
+    triton_layout._launch(kernel, (3, 2, 1), x, 8, A=5)
+    assert kernel.c_launched == [
+        (3, 2, 1, 77, "function", False, False, None, None, "metadata", None, None, None, x, 8, 5)
+    ]
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", lambda metadata: None)
+    triton_layout._launch(kernel, (4, 1, 1), x, 9, A=5)
+    assert kernel.direct == [((4, 1, 1), (x, 9, 5))] and len(kernel.c_launched) == 1
