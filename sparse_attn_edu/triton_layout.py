@@ -60,7 +60,6 @@ straight from its compiled form (``_launch``), without Triton's per-launch work.
 from __future__ import annotations
 
 import inspect
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -81,8 +80,8 @@ _EMPTY, _PARTIAL, _FULL, _UNSURE = (tl.constexpr(k) for k in (EMPTY, PARTIAL, FU
 # The rows of counts (4, HEADS, NB), the layout's: entries of each row list, full ones
 # among them, entries of each column list, full ones among them (column rows = row rows + 2).
 _ROW, _ROW_FULL, _COL, _COL_FULL = (tl.constexpr(k) for k in range(4))
-# What the planner reports per group of lists (one head's rows, or its columns), the numbers
-# the host reads back: sizes (2, HEADS, SIZES), rows then columns.
+# What the planner reports over all groups of lists (each head's rows, or its columns), the
+# numbers the host reads back: sizes (2, SIZES), rows' then columns'.
 PIECES, CUT_PIECES, CUT_LISTS, LONGEST, ENTRIES, FULL_ENTRIES, SIZES = range(7)
 _PIECES, _CUT_PIECES, _CUT_LISTS, _LONGEST, _ENTRIES, _FULL_ENTRIES, _SIZES = (
     tl.constexpr(k) for k in range(7)
@@ -96,6 +95,19 @@ _NO_TOKENS, _LIST, _RUN = (tl.constexpr(k) for k in (NO_TOKENS, LIST, RUN))
 # How they read the blocks part: none, the table as bits, or the recipe that made it.
 NO_BLOCKS, BITS, RECIPE = 0, 1, 2
 _NO_BLOCKS, _BITS, _RECIPE = (tl.constexpr(k) for k in (NO_BLOCKS, BITS, RECIPE))
+
+
+@triton.jit
+def _tables(out, HEADS, NB, WIDTH, ITEMS):
+    """Pointers to the tables of a build, one after the other in `out`, its one int32
+    buffer (``_table_starts`` finds them on the host): sizes (2, SIZES), counts (4, HEADS,
+    NB), index and tile (2, HEADS, NB, WIDTH) each, items (2, HEADS, ITEMS, 5), merges (2,
+    HEADS, MERGES, 3); the rows' then the columns' of each."""
+    counts = out + 2 * _SIZES
+    index = counts + 4 * HEADS * NB
+    tile = index + 2 * HEADS * NB * WIDTH
+    items = tile + 2 * HEADS * NB * WIDTH
+    return out, counts, index, tile, items, items + 2 * HEADS * ITEMS * 5
 
 
 @triton.jit
@@ -305,19 +317,20 @@ def _launch(kernel, grid: tuple, *args, **constexprs) -> None:
 
 
 @_unspecialized_jit
-def _classify_kernel(kinds, rank, counts, sizes, offset_prefix, OFF_LO, OFF_HI, tokens,
-                     FIRST_TOKEN, NUM_TOKENS, blocks, BAND, GLOBAL_BLOCKS, N, NB, HEADS, BS,
+def _classify_kernel(kinds, rank, out, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
+                     NUM_TOKENS, blocks, BAND, GLOBAL_BLOCKS, N, NB, HEADS, BS,
                      BLOCK_BS: tl.constexpr, BLOCK_NB: tl.constexpr, TOKEN_STEPS: tl.constexpr,
                      OFFSETS: tl.constexpr, TOKENS: tl.constexpr, BLOCKS: tl.constexpr,
                      RANDOM: tl.constexpr):  # fmt: skip
     """Program (b, h, 0) classifies row b of head h, program (b, h, 1) column b.
 
-    counts (4, HEADS, NB): row count, row full count, column count, column full count;
-    kinds (HEADS, NB, NB) int8; rank
-    (HEADS, NB, NB) int32: the partial tiles of a row numbered 0, 1, ... from left to right.
-    Program (0, 0, 0) also zeroes sizes (2, SIZES), where the lists kernel's planner adds up.
+    counts (4, HEADS, NB), in `out` (_tables): row count, row full count, column count,
+    column full count; kinds (HEADS, NB, NB) int8; rank (HEADS, NB, NB) int32: the partial
+    tiles of a row numbered 0, 1, ... from left to right. Program (0, 0, 0) also zeroes
+    sizes, where the lists kernel's planner adds up.
     """
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    sizes, counts = out, out + 2 * _SIZES
     if (b == 0) & (h == 0) & (column == 0):
         fields = tl.arange(0, 16)
         tl.store(sizes + fields, 0, mask=fields < 2 * _SIZES)
@@ -458,11 +471,11 @@ def _plan_lists(items, merges, sizes, list_count, list_full, NB, ITEMS, MERGES, 
 
 
 @triton.jit
-def _plan_group(h, column, counts, items, merges, sizes, NB, HEADS, ITEMS, MERGES, MAX_TILES,
+def _plan_group(h, column, out, NB, HEADS, WIDTH, ITEMS, MERGES, MAX_TILES,
                 BLOCK_NB: tl.constexpr):  # fmt: skip
-    """Plan the work on head h's row lists (column == 0) or on its column lists; counts
-    (4, HEADS, NB) as _classify_kernel writes them, items (2, HEADS, ITEMS, 5), merges
-    (2, HEADS, MERGES, 3) and sizes (2, SIZES): rows', then columns'."""
+    """Plan the work on head h's row lists (column == 0) or on its column lists, from the
+    counts in `out` (_tables) as _classify_kernel writes them."""
+    sizes, counts, _, _, items, merges = _tables(out, HEADS, NB, WIDTH, ITEMS)
     group = column * HEADS + h
     _plan_lists(items + group * ITEMS * 5, merges + group * MERGES * 3, sizes + column * _SIZES,
                 _counts_of(counts, _ROW + 2 * column, h, HEADS, NB),
@@ -540,35 +553,32 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks, MA
 
 
 @_unspecialized_jit
-def _lists_kernel(kinds, rank, counts, index, tile, masks, items, merges, sizes, offset_prefix,
-                  OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS, N, NB, HEADS, BS, WIDTH,
-                  MASK_TILES, ITEMS, MERGES, MAX_TILES, BLOCK_NB: tl.constexpr,
-                  BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
+def _lists_kernel(kinds, rank, out, masks, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
+                  NUM_TOKENS, N, NB, HEADS, BS, WIDTH, MASK_TILES, ITEMS, MERGES, MAX_TILES,
+                  BLOCK_NB: tl.constexpr, BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
                   OFFSETS: tl.constexpr, TOKENS: tl.constexpr):  # fmt: skip
-    """Program (b < NB, h, 0) writes row b's list of head h, (b < NB, h, 1) column b's;
-    program (NB, h, 0) plans the work on head h's rows, (NB, h, 1) on its columns.
-
-    index and tile (2, HEADS, NB, WIDTH): the rows' lists, then the columns'; masks
-    (MASK_TILES, BS, BS); items, merges and sizes as _plan_group takes them.
+    """Program (0, h, 0) plans the work on head h's rows, (0, h, 1) on its columns: first,
+    as they take longest. Program (b > 0, h, 0) writes row b - 1's list of head h, (b > 0,
+    h, 1) column b - 1's, into `out` (_tables); masks (MASK_TILES, BS, BS) uint8.
     """
-    b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    if b == NB:
-        _plan_group(h, column, counts, items, merges, sizes, NB, HEADS, ITEMS, MERGES,
-                    MAX_TILES, BLOCK_NB)  # fmt: skip
+    b, h, column = tl.program_id(0) - 1, tl.program_id(1), tl.program_id(2)
+    if b < 0:
+        _plan_group(h, column, out, NB, HEADS, WIDTH, ITEMS, MERGES, MAX_TILES,
+                    BLOCK_NB)  # fmt: skip
     else:
-        side = column * HEADS * NB * WIDTH
+        _, counts, index, tile, _, _ = _tables(out, HEADS, NB, WIDTH, ITEMS)
+        side = column * HEADS * NB * WIDTH  # the columns' lists follow the rows'
         _write_list(b, h, column, kinds, rank, counts, index + side, tile + side, WIDTH, masks,
                     MASK_TILES, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN, NUM_TOKENS,
                     N, NB, HEADS, BS, BLOCK_NB, BLOCK_BS, TOKEN_STEPS, OFFSETS, TOKENS)  # fmt: skip
 
 
 @_unspecialized_jit
-def _plan_kernel(counts, items, merges, sizes, NB, HEADS, ITEMS, MERGES, MAX_TILES,
-                 BLOCK_NB: tl.constexpr):  # fmt: skip
+def _plan_kernel(out, NB, HEADS, ITEMS, MERGES, MAX_TILES, BLOCK_NB: tl.constexpr):
     """The planner alone, for a layout built by layout.py: program (0, h, 0) plans head
-    h's rows, (0, h, 1) its columns; counts (4, HEADS, NB) as _classify_kernel writes them."""
-    _plan_group(tl.program_id(1), tl.program_id(2), counts, items, merges, sizes, NB, HEADS,
-                ITEMS, MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
+    h's rows, (0, h, 1) its columns, from the counts in `out` (_tables, no lists)."""
+    _plan_group(tl.program_id(1), tl.program_id(2), out, NB, HEADS, 0, ITEMS, MERGES,
+                MAX_TILES, BLOCK_NB)  # fmt: skip
 
 
 # ---- host side ------------------------------------------------------------------------
@@ -611,18 +621,6 @@ def _block_bits(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(bits).to(device)
 
 
-def _int32_tensors(device, *shapes) -> list[torch.Tensor]:
-    """Empty int32 tensors of these shapes, carved out of one allocation: one as_strided
-    call each (splitting, then viewing, costs the host two)."""
-    tensors, sizes = [], [math.prod(shape) for shape in shapes]
-    flat, start = torch.empty(sum(sizes), dtype=torch.int32, device=device), 0
-    for shape, size in zip(shapes, sizes, strict=True):
-        strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
-        tensors.append(flat.as_strided(shape, strides, start))  # contiguous
-        start += size
-    return tensors
-
-
 def _pieces_of_at_most(max_tiles: int, nb: int) -> int:
     """`max_tiles`, checked, and no more than nb: no list is longer, so cutting at nb cuts
     nothing, and the planner's numbers stay small."""
@@ -660,8 +658,11 @@ def _partly_global_blocks(tokens: list, n: int, bs: int) -> int:
     first, last = tokens[0], tokens[-1]
     if last - first + 1 != len(tokens):
         return min(len(tokens), last // bs - first // bs + 1)
-    ends = {first // bs, last // bs}
-    return sum(not (first <= b * bs and min(b * bs + bs, n) - 1 <= last) for b in ends)
+    starts_inside = first % bs != 0  # the first token's block holds positions before it
+    ends_inside = last + 1 < n and (last + 1) % bs != 0  # the last one's, positions after it
+    if first // bs == last // bs:
+        return int(starts_inside or ends_inside)
+    return starts_inside + ends_inside
 
 
 def _room_from_parts(parts: Parts, n: int, bs: int, heads: int, max_tiles: int) -> _Room:
@@ -673,10 +674,12 @@ def _room_from_parts(parts: Parts, n: int, bs: int, heads: int, max_tiles: int) 
     width = partial = 0  # partial: per head
     if parts.offset_range is not None:
         lo, hi = parts.offset_range
-        width += _blocks_touched(bs + hi - lo, bs)  # a query block's keys within [lo, hi]
+        width = _blocks_touched(bs + hi - lo, bs)  # a query block's keys within [lo, hi]
         # Only tiles whose offsets cross an edge of the band are partial for it.
-        edges = [edge for edge, inside in ((lo, lo > 1 - n), (hi + 1, hi < n - 1)) if inside]
-        partial += nb * sum(_tiles_across(edge, bs) for edge in edges)
+        if lo > 1 - n:
+            partial += nb * _tiles_across(lo, bs)
+        if hi < n - 1:
+            partial += nb * _tiles_across(hi + 1, bs)
     elif parts.offsets is not None:
         width = nb
     if parts.tokens:
@@ -704,17 +707,49 @@ def _room_needed(sizes: list) -> _Room:
     )
 
 
-def _work_lists(items: torch.Tensor, merges: torch.Tensor, sizes: list) -> tuple:
-    """triton_kernels.WorkList of the rows and of the columns, as views of the planner's
-    tables, items (2, H', I, 5) and merges (2, H', M, 3), cut to the sizes it read back."""
-    return tuple(
-        _setup.WorkList(
-            items[side, :, : size[PIECES]],
-            merges[side, :, : size[CUT_LISTS]],
-            max(size[CUT_PIECES], 1),
-        )  # fmt: skip
-        for side, size in enumerate(sizes)
-    )
+class _Starts(NamedTuple):
+    """Where each table of a build starts in `out`, its one int32 buffer, and where `out`
+    ends: the host's copy of _tables. sizes start at 0."""
+
+    counts: int
+    index: int
+    tile: int
+    items: int
+    merges: int
+    end: int
+
+
+def _table_starts(heads: int, nb: int, room: _Room) -> _Starts:
+    counts = 2 * SIZES
+    index = counts + 4 * heads * nb
+    tile = index + 2 * heads * nb * room.width
+    items = tile + 2 * heads * nb * room.width
+    merges = items + 2 * heads * room.items * 5
+    return _Starts(counts, index, tile, items, merges, merges + 2 * heads * room.merges * 3)
+
+
+# The tensors a build returns are views of `out`, each made by one as_strided call from
+# numbers the host has: indexing (out[0, :, :k]) costs the host two or three calls, and
+# on the H200 machine the views of the first version of this build took longer than the
+# kernels' launches.
+
+
+def _read_sizes(out: torch.Tensor) -> list:
+    """The planner's sizes, [rows', columns'], copied to the host: a build's one wait."""
+    return out.as_strided((2, SIZES), (SIZES, 1)).tolist()
+
+
+def _work_lists(out: torch.Tensor, at: _Starts, room: _Room, heads: int, sizes: list) -> tuple:
+    """triton_kernels.WorkList of the rows and of the columns: the planner's tables in
+    `out`, cut to the sizes it read back."""
+    works = []
+    for side, size in enumerate(sizes):
+        items = out.as_strided((heads, size[PIECES], 5), (room.items * 5, 5, 1),
+                               at.items + side * heads * room.items * 5)  # fmt: skip
+        merges = out.as_strided((heads, size[CUT_LISTS], 3), (room.merges * 3, 3, 1),
+                                at.merges + side * heads * room.merges * 3)  # fmt: skip
+        works.append(_setup.WorkList(items, merges, max(size[CUT_PIECES], 1)))
+    return tuple(works)
 
 
 def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
@@ -723,16 +758,17 @@ def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
     ``_plan_lists`` run as a kernel of its own on `device`."""
     _, heads, nb = host_counts.shape
     max_tiles = _pieces_of_at_most(max_tiles, nb)
-    pieces = -(-max(int(host_counts.max()), 1) // max_tiles)
-    items, merges, sizes = _int32_tensors(
-        device, (2, heads, nb * pieces, 5), (2, heads, nb if pieces > 1 else 0, 3), (2, SIZES)
-    )
-    sizes.zero_()
+    pieces = -(-max(int(host_counts.max()), 1) // max_tiles)  # the most a list is cut in
+    room = _Room(0, 0, nb * pieces, nb if pieces > 1 else 0)  # no lists, only work
+    at = _table_starts(heads, nb, room)
+    out = torch.empty(at.end, dtype=torch.int32, device=device)
+    sizes_then_counts = torch.cat([host_counts.new_zeros(2 * SIZES), host_counts.flatten()])
+    out[: at.index].copy_(sizes_then_counts)
     _launch(
-        _plan_kernel, (1, heads, 2), host_counts.to(device), items, merges, sizes, nb, heads,
-        items.shape[2], merges.shape[2], max_tiles, BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
+        _plan_kernel, (1, heads, 2), out, nb, heads, room.items, room.merges, max_tiles,
+        BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
     )  # fmt: skip
-    return _work_lists(items, merges, sizes.tolist())
+    return _work_lists(out, at, room, heads, _read_sizes(out))
 
 
 def build_from_parts(
@@ -791,32 +827,36 @@ def build_from_parts(
         device: the planner's sizes. Returns the tensors and those sizes."""
         kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
         rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch
-        lists = (2, heads, nb, room.width)  # rows' lists, then columns'
-        counts, index, tile, items, merges, sizes = _int32_tensors(
-            device, (4, heads, nb), lists, lists, (2, heads, room.items, 5),
-            (2, heads, room.merges, 3), (2, SIZES),
-        )  # fmt: skip
+        out = torch.empty(_table_starts(heads, nb, room).end, dtype=torch.int32, device=device)
         masks = _no_tiles(device, bs)[1]
         if room.partial_tiles:
             masks = torch.empty(room.partial_tiles, bs, bs, dtype=torch.uint8, device=device)
         _launch(
-            _classify_kernel, (nb, heads, 2), kinds, rank, counts, sizes, *part_args,
-            block_data, recipe.band, recipe.global_blocks, n, nb, heads, bs, BLOCK_BS=block_bs,
+            _classify_kernel, (nb, heads, 2), kinds, rank, out, *part_args, block_data,
+            recipe.band, recipe.global_blocks, n, nb, heads, bs, BLOCK_BS=block_bs,
             BLOCK_NB=block_nb, BLOCKS=block_mode, RANDOM=recipe.random.shape[-1], **flags,
         )  # fmt: skip
         _launch(
-            _lists_kernel, (nb + 1, heads, 2), kinds, rank, counts, index, tile, masks, items,
-            merges, sizes, *part_args, n, nb, heads, bs, room.width, room.partial_tiles,
-            room.items, room.merges, max_tiles, BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
+            _lists_kernel, (nb + 1, heads, 2), kinds, rank, out, masks, *part_args, n, nb,
+            heads, bs, room.width, room.partial_tiles, room.items, room.merges, max_tiles,
+            BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
         )  # fmt: skip
-        return (kinds, counts, index, tile, masks, items, merges), sizes.tolist()
+        return kinds, out, masks, _read_sizes(out)
 
     room = _room_from_parts(parts, n, bs, heads, max_tiles)
-    tensors, sizes = run(room)
+    if _table_starts(heads, nb, room).end >= 2**31:  # the kernels index `out` with int32
+        return None
+    kinds, out, masks, sizes = run(room)
     needed = _room_needed(sizes)
     if any(need > had for need, had in zip(needed, room, strict=True)):
-        tensors, sizes = run(needed)  # the bounds fell short: again, with the room it needs
-    kinds, counts, index, tile, masks, items, merges = tensors
+        room = needed  # the bounds fell short: again, with the room it needs
+        kinds, out, masks, sizes = run(room)
+
+    at = _table_starts(heads, nb, room)
+    per_side, width = heads * nb * room.width, room.width  # the columns' lists follow the rows'
+
+    def lists(start: int, length: int) -> torch.Tensor:  # (H', nb, length) of (H', nb, width)
+        return out.as_strided((heads, nb, length), (nb * width, width, 1), start)
 
     rows, cols = sizes
     max_row, max_col = max(rows[LONGEST], 1), max(cols[LONGEST], 1)
@@ -826,7 +866,8 @@ def build_from_parts(
     else:
         tile_masks, masks = _no_tiles(device, bs)
     layout = BlockSparseLayout(
-        n, bs, nb, kinds, counts, index[0, ..., :max_row], tile[0, ..., :max_row],
-        index[1, ..., :max_col], tile[1, ..., :max_col], tile_masks, rows[ENTRIES],
+        n, bs, nb, kinds, out.as_strided((4, heads, nb), (heads * nb, nb, 1), at.counts),
+        lists(at.index, max_row), lists(at.tile, max_row), lists(at.index + per_side, max_col),
+        lists(at.tile + per_side, max_col), tile_masks, rows[ENTRIES],
     )  # fmt: skip
-    return (layout, *_work_lists(items, merges, sizes), masks)
+    return (layout, *_work_lists(out, at, room, heads, sizes), masks)
