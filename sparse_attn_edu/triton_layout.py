@@ -454,20 +454,25 @@ def _plan_lists(items, merges, sizes, list_count, list_full, NB, ITEMS, MERGES, 
 
     # What the host reads back, over all heads (sizes was zeroed before): the most pieces,
     # scratch slots and cut lists a head needs, the longest list, and all entries.
+    # (Relaxed: nothing here waits on them; the host reads them after the kernel ends.)
     size = tl.sum(pieces, 0)
-    tl.atomic_max(sizes + _PIECES, size)
-    tl.atomic_max(sizes + _CUT_PIECES, tl.sum(cut, 0))
-    tl.atomic_max(sizes + _CUT_LISTS, tl.sum(is_cut, 0))
-    tl.atomic_max(sizes + _LONGEST, tl.max(count, 0))
-    tl.atomic_add(sizes + _ENTRIES, tl.sum(count, 0))
-    tl.atomic_add(sizes + _FULL_ENTRIES, tl.sum(full_count, 0))
+    tl.atomic_max(sizes + _PIECES, size, sem="relaxed")
+    tl.atomic_max(sizes + _CUT_PIECES, tl.sum(cut, 0), sem="relaxed")
+    tl.atomic_max(sizes + _CUT_LISTS, tl.sum(is_cut, 0), sem="relaxed")
+    tl.atomic_max(sizes + _LONGEST, tl.max(count, 0), sem="relaxed")
+    tl.atomic_add(sizes + _ENTRIES, tl.sum(count, 0), sem="relaxed")
+    tl.atomic_add(sizes + _FULL_ENTRIES, tl.sum(full_count, 0), sem="relaxed")
 
-    # Padding: copies of the last item, once every thread's items are in memory.
+    # Padding: copies of the last item, once every thread's items are in memory. Its five
+    # numbers are read once: a load in the loop would wait on memory at every turn (the
+    # compiler cannot tell that the stores leave it alone), 20 microseconds at n = 32768.
     tl.debug_barrier()
+    fields = tl.arange(0, 8)
+    last = tl.load(items + (size - 1) * 5 + fields, mask=fields < 5)
     for start in range(size, ITEMS, BLOCK_NB):
-        for field in tl.static_range(5):
-            value = tl.load(items + (size - 1) * 5 + field)
-            tl.store(items + (start + lists) * 5 + field, value, mask=start + lists < ITEMS)
+        place = start + lists
+        tl.store(items + place[:, None] * 5 + fields[None, :], last[None, :],
+                 mask=(place < ITEMS)[:, None] & (fields < 5)[None, :])  # fmt: skip
 
 
 @triton.jit
