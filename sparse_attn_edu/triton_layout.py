@@ -46,15 +46,17 @@ The host launches both without waiting in between. It bounds from the parts alon
 long a list can be and how many partial tiles there can be (``_room_from_parts``; exact
 for Longformer's and BigBird's lists, since their global rows list every block),
 allocates that much, and then waits once, for the planner's dozen sizes, to cut every
-tensor to its true size. Waiting for the counts between the kernels, and sizing from
-them, had cost a third of the build.
+tensor to its true size. (Timed statement by statement, waiting for the counts between
+the kernels and sizing from them had been a quarter of the build; on that host the whole
+build then took about the same, its speed swinging more than that from round to round.)
 
 Patterns without parts get their layout from ``layout.py`` and their work from
 ``plan_work``, which runs the same planner as a kernel of its own.
 
 The GPU's part of a build takes microseconds; the host's part is what counts. So these
 kernels specialize on none of their arguments, and after its first launch each starts
-straight from its compiled form (``_launch``), without Triton's per-launch work.
+straight through its compiled form's C launcher (``_launch``), without Triton's per-launch
+work.
 """
 
 from __future__ import annotations
