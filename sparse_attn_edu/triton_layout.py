@@ -828,15 +828,17 @@ def build_from_parts(
     block_nb = max(16, _setup._next_power_of_2(nb))
     block_bs = _setup._next_power_of_2(bs)
 
-    def run(room: _Room) -> tuple:
-        """Both kernels, back to back, writing within `room`; then the one wait for the
-        device: the planner's sizes. Returns the tensors and those sizes."""
+    def run(room: _Room, at: _Starts) -> tuple:
+        """Both kernels, back to back, writing within `room` (its tables in `out` as `at`
+        says); then the one wait for the device: the planner's sizes. Returns the tensors
+        and those sizes."""
         kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
         rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch
-        out = torch.empty(_table_starts(heads, nb, room).end, dtype=torch.int32, device=device)
-        masks = _no_tiles(device, bs)[1]
+        out = torch.empty(at.end, dtype=torch.int32, device=device)
         if room.partial_tiles:
             masks = torch.empty(room.partial_tiles, bs, bs, dtype=torch.uint8, device=device)
+        else:
+            masks = _no_tiles(device, bs)[1]
         _launch(
             _classify_kernel, (nb, heads, 2), kinds, rank, out, *part_args, block_data,
             recipe.band, recipe.global_blocks, n, nb, heads, bs, BLOCK_BS=block_bs,
@@ -850,15 +852,17 @@ def build_from_parts(
         return kinds, out, masks, _read_sizes(out)
 
     room = _room_from_parts(parts, n, bs, heads, max_tiles)
-    if _table_starts(heads, nb, room).end >= 2**31:  # the kernels index `out` with int32
+    at = _table_starts(heads, nb, room)
+    if at.end >= 2**31:  # the kernels index `out` with int32
         return None
-    kinds, out, masks, sizes = run(room)
+    kinds, out, masks, sizes = run(room, at)
     needed = _room_needed(sizes)
     if any(need > had for need, had in zip(needed, room, strict=True)):
-        room = needed  # the bounds fell short: again, with the room it needs
-        kinds, out, masks, sizes = run(room)
+        # The bounds fell short (only partial tiles can, which live outside `out`): again,
+        # with the room it needs.
+        room, at = needed, _table_starts(heads, nb, needed)
+        kinds, out, masks, sizes = run(room, at)
 
-    at = _table_starts(heads, nb, room)
     per_side, width = heads * nb * room.width, room.width  # the columns' lists follow the rows'
 
     def lists(start: int, length: int) -> torch.Tensor:  # (H', nb, length) of (H', nb, width)
