@@ -68,6 +68,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -179,15 +180,16 @@ def _attend_tiles(
 
 
 @triton.jit
-def _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE):
+def _work_item(tables, ITEMS_AT, H, LAYOUT_HEADS, ITEM_STRIDE):
     """This program's work: a block, its list range [start, stop) and its scratch slot.
 
     [start, mid) are full tiles and [mid, stop) partial ones (the lists hold full first).
-    All five numbers sit side by side in the work list: one round trip to memory.
+    All five numbers sit side by side in the work list, which starts at `ITEMS_AT` in the
+    int32 buffer `tables` (WorkList): one round trip to memory.
     """
     bh = tl.program_id(0)  # batch * H + head
     lh = (bh % H) % LAYOUT_HEADS  # layout head: 0 when all heads share the pattern
-    item = items + lh * ITEM_STRIDE + tl.program_id(1) * 5  # longest items are launched first
+    item = tables + ITEMS_AT + lh * ITEM_STRIDE + tl.program_id(1) * 5  # longest first
     block = tl.load(item)
     start = tl.load(item + 1)
     stop = tl.load(item + 2)
@@ -196,15 +198,15 @@ def _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE):
     return bh, lh, block, start, mid, stop, slot
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ITEMS_AT"])  # an offset: one compiled kernel for all
 def _forward_kernel(
     Q, K, V, Out, LSE, OPart, LSEPart,
-    items, index, tile, masks,
-    qk_scale, N, H, LAYOUT_HEADS, ITEM_STRIDE, SLOTS, list_stride_h, list_stride_r,
+    tables, index, tile, masks,
+    qk_scale, N, H, LAYOUT_HEADS, ITEMS_AT, ITEM_STRIDE, SLOTS, list_stride_h, list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE)
+    bh, lh, row, start, mid, stop, slot = _work_item(tables, ITEMS_AT, H, LAYOUT_HEADS, ITEM_STRIDE)
     list_offset = lh * list_stride_h + row * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -240,9 +242,9 @@ def _forward_kernel(
         tl.store(LSEPart + part, lse)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["MERGES_AT"])
 def _merge_rows_kernel(
-    Out, LSE, OPart, LSEPart, merges, N, H, LAYOUT_HEADS, MERGE_STRIDE, SLOTS,
+    Out, LSE, OPart, LSEPart, tables, N, H, LAYOUT_HEADS, MERGES_AT, MERGE_STRIDE, SLOTS,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Join the pieces of a long row: piece p weighs 2^(lse_p - lse), lse = log2 sum 2^lse_p.
@@ -251,7 +253,7 @@ def _merge_rows_kernel(
     """
     bh = tl.program_id(0)
     lh = (bh % H) % LAYOUT_HEADS
-    merge = merges + lh * MERGE_STRIDE + tl.program_id(1) * 3
+    merge = tables + MERGES_AT + lh * MERGE_STRIDE + tl.program_id(1) * 3
     row = tl.load(merge)  # -1 pads a head with fewer long rows: it stores nothing
     first = tl.load(merge + 1)
     pieces = tl.load(merge + 2)
@@ -331,15 +333,16 @@ def _dkdv_tiles(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ITEMS_AT"])  # an offset: one compiled kernel for all
 def _dkdv_kernel(
     Q, K, V, DO, LSE, Delta, DK, DV, DKPart, DVPart,
-    items, index, tile, masks,
-    scale, qk_scale, N, H, LAYOUT_HEADS, ITEM_STRIDE, SLOTS, list_stride_h, list_stride_r,
+    tables, index, tile, masks,
+    scale, qk_scale, N, H, LAYOUT_HEADS, ITEMS_AT, ITEM_STRIDE, SLOTS, list_stride_h,
+    list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, col, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE)
+    bh, lh, col, start, mid, stop, slot = _work_item(tables, ITEMS_AT, H, LAYOUT_HEADS, ITEM_STRIDE)
     list_offset = lh * list_stride_h + col * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -398,15 +401,16 @@ def _dq_tiles(
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ITEMS_AT"])  # an offset: one compiled kernel for all
 def _dq_kernel(
     Q, K, V, DO, LSE, Delta, DQ, DQPart,
-    items, index, tile, masks,
-    scale, qk_scale, N, H, LAYOUT_HEADS, ITEM_STRIDE, SLOTS, list_stride_h, list_stride_r,
+    tables, index, tile, masks,
+    scale, qk_scale, N, H, LAYOUT_HEADS, ITEMS_AT, ITEM_STRIDE, SLOTS, list_stride_h,
+    list_stride_r,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
-    bh, lh, row, start, mid, stop, slot = _work_item(items, H, LAYOUT_HEADS, ITEM_STRIDE)
+    bh, lh, row, start, mid, stop, slot = _work_item(tables, ITEMS_AT, H, LAYOUT_HEADS, ITEM_STRIDE)
     list_offset = lh * list_stride_h + row * list_stride_r
     bh_offset = bh.to(tl.int64) * N * HEAD_DIM
 
@@ -435,15 +439,15 @@ def _dq_kernel(
         tl.store(DQPart + part[:, None] * BLOCK_D + offs_d[None, :], dq)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["MERGES_AT"])
 def _sum_pieces_kernel(
-    Dst, Part, merges, scale, N, H, LAYOUT_HEADS, MERGE_STRIDE, SLOTS,
+    Dst, Part, tables, scale, N, H, LAYOUT_HEADS, MERGES_AT, MERGE_STRIDE, SLOTS,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Gradients are sums over tiles: a block cut in pieces gets scale * sum of its pieces."""
     bh = tl.program_id(0)
     lh = (bh % H) % LAYOUT_HEADS
-    merge = merges + lh * MERGE_STRIDE + tl.program_id(1) * 3
+    merge = tables + MERGES_AT + lh * MERGE_STRIDE + tl.program_id(1) * 3
     block = tl.load(merge)  # -1 pads a head with fewer long lists: it stores nothing
     first = tl.load(merge + 1)
     pieces = tl.load(merge + 2)
@@ -469,14 +473,37 @@ def _sum_pieces_kernel(
 MAX_TILES_PER_PROGRAM = 64
 
 
-@dataclass(frozen=True)
-class WorkList:
-    """The programs of one kernel: each walks entries [start, stop) of one block's list."""
+class WorkList(NamedTuple):
+    """The programs of one kernel: each walks entries [start, stop) of one block's list.
 
-    # Views of the planner's tables: one head's rows may lie further apart than I or M.
-    items: torch.Tensor  # int32 (H', I, 5): block, start, stop, slot, mid; longest first
-    merges: torch.Tensor  # int32 (H', M, 3): block, first slot, pieces, for blocks cut up
+    The planner's tables lie in `tables`, an int32 buffer the kernels read at offsets:
+    items (H', num_items, 5) from `items_at`, one head every `item_stride` ints, and merges
+    (H', num_merges, 3) from `merges_at`. ``items`` and ``merges`` are views made when
+    asked for: the kernels need only the offsets, and a view costs the host about as much
+    as a launch.
+    """
+
+    tables: torch.Tensor
+    heads: int  # H': layout heads
+    items_at: int
+    item_stride: int
+    num_items: int  # I: programs per (batch, head)
+    merges_at: int
+    merge_stride: int
+    num_merges: int  # M: lists cut in pieces, per layout head at most
     num_slots: int  # scratch slots per (batch, head) for the pieces' partial results
+
+    @property
+    def items(self) -> torch.Tensor:
+        """int32 (H', I, 5): block, start, stop, slot, mid; longest first."""
+        shape, strides = (self.heads, self.num_items, 5), (self.item_stride, 5, 1)
+        return self.tables.as_strided(shape, strides, self.items_at)
+
+    @property
+    def merges(self) -> torch.Tensor:
+        """int32 (H', M, 3): block, first slot, pieces, for the blocks cut up."""
+        shape, strides = (self.heads, self.num_merges, 3), (self.merge_stride, 3, 1)
+        return self.tables.as_strided(shape, strides, self.merges_at)
 
 
 @dataclass(frozen=True)
@@ -499,8 +526,8 @@ def kernel_layout(
     """The layout of `pattern` with the kernels' work lists and byte masks, cached."""
     pattern = as_pattern(pattern)
     cache = pattern.__dict__.setdefault("_kernel_layout_cache", {})
-    device = torch.device(device)
-    key = (block_size, str(device), max_tiles)
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    key = (block_size, device, max_tiles)
     if key not in cache:
         # The layout and the work lists from the pattern's parts, by two Triton kernels
         # (triton_layout.py); for a pattern that is no union of parts, the layout by
@@ -575,8 +602,8 @@ def _list_args(kl: KernelLayout, heads: int, rows: bool) -> tuple[tuple, tuple]:
     layout, work = kl.layout, (kl.rows if rows else kl.cols)
     index = layout.row_index if rows else layout.col_index
     tile = layout.row_tile if rows else layout.col_tile
-    pointers = (work.items, index, tile, kl.masks)
-    sizes = (heads, layout.num_layout_heads, work.items.stride(0))
+    pointers = (work.tables, index, tile, kl.masks)
+    sizes = (heads, layout.num_layout_heads, work.items_at, work.item_stride)
     sizes += (work.num_slots, index.stride(0), index.stride(1))
     return pointers, sizes
 
@@ -587,12 +614,11 @@ def _scratch(batch_heads: int, work: WorkList, block: int, block_d: int, device)
 
 
 def _merge(kernel, dst: tuple, parts: tuple, work: WorkList, heads: int, kl, n: int, **kw):
-    merges = work.merges
-    if merges.shape[1]:  # some block was cut in pieces
-        grid = (dst[0].shape[0] * heads, merges.shape[1])
-        kernel[grid](*dst, *parts, merges, *kw.pop("scale", ()), n, heads,
-                     kl.layout.num_layout_heads, merges.stride(0), work.num_slots,
-                     **kw)  # fmt: skip
+    if work.num_merges:  # some block was cut in pieces
+        grid = (dst[0].shape[0] * heads, work.num_merges)
+        kernel[grid](*dst, *parts, work.tables, *kw.pop("scale", ()), n, heads,
+                     kl.layout.num_layout_heads, work.merges_at, work.merge_stride,
+                     work.num_slots, **kw)  # fmt: skip
 
 
 def _forward(q, k, v, kl: KernelLayout, scale: float):
@@ -604,7 +630,7 @@ def _forward(q, k, v, kl: KernelLayout, scale: float):
     lse_part = torch.empty(out_part.shape[:-1], device=q.device)
     pointers, sizes = _list_args(kl, heads, rows=True)
     tma = _uses_tma((q, k, v), kl.pairs_per_head * batch * heads)
-    _forward_kernel[(batch * heads, kl.rows.items.shape[1])](
+    _forward_kernel[(batch * heads, kl.rows.num_items)](
         *_tile_sources((q, k, v), bs, block_d, tma), out, lse, out_part, lse_part, *pointers,
         scale * LOG2E, n, *sizes, HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d,
         EVEN_N=n % bs == 0, PREC=_precision(q.dtype), TMA=tma,
@@ -630,7 +656,7 @@ def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
     dk_part = _scratch(batch * heads, kl.cols, bs, block_d, q.device)
     dv_part = torch.empty_like(dk_part)
     pointers, sizes = _list_args(kl, heads, rows=False)
-    _dkdv_kernel[(batch * heads, kl.cols.items.shape[1])](
+    _dkdv_kernel[(batch * heads, kl.cols.num_items)](
         *sources, lse, delta, dk, dv, dk_part, dv_part, *pointers,
         scale, scale * LOG2E, n, *sizes,
         HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec, TMA=tma,
@@ -641,7 +667,7 @@ def _backward(q, k, v, out, lse, dout, kl: KernelLayout, scale: float):
 
     dq_part = _scratch(batch * heads, kl.rows, bs, block_d, q.device)
     pointers, sizes = _list_args(kl, heads, rows=True)
-    _dq_kernel[(batch * heads, kl.rows.items.shape[1])](
+    _dq_kernel[(batch * heads, kl.rows.num_items)](
         *sources, lse, delta, dq, dq_part, *pointers, scale, scale * LOG2E, n, *sizes,
         HEAD_DIM=head_dim, BLOCK_M=bs, BLOCK_N=bs, BLOCK_D=block_d, PREC=prec, TMA=tma,
         **_launch_config("dq", bs, head_dim),

@@ -62,6 +62,8 @@ work.
 from __future__ import annotations
 
 import inspect
+import operator
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -83,11 +85,14 @@ _EMPTY, _PARTIAL, _FULL, _UNSURE = (tl.constexpr(k) for k in (EMPTY, PARTIAL, FU
 # among them, entries of each column list, full ones among them (column rows = row rows + 2).
 _ROW, _ROW_FULL, _COL, _COL_FULL = (tl.constexpr(k) for k in range(4))
 # What the planner reports over all groups of lists (each head's rows, or its columns), the
-# numbers the host reads back: sizes (2, SIZES), rows' then columns'.
+# numbers the host reads back: sizes (2, SIZES), rows' then columns'. They head `out`,
+# followed by a count of the planner programs done (PLANNED); HEADER ints in all.
 PIECES, CUT_PIECES, CUT_LISTS, LONGEST, ENTRIES, FULL_ENTRIES, SIZES = range(7)
 _PIECES, _CUT_PIECES, _CUT_LISTS, _LONGEST, _ENTRIES, _FULL_ENTRIES, _SIZES = (
     tl.constexpr(k) for k in range(7)
 )
+PLANNED, HEADER = 2 * SIZES, 2 * SIZES + 1
+_PLANNED, _HEADER = tl.constexpr(PLANNED), tl.constexpr(HEADER)
 # How the kernels read the offsets part: none, a prefix sum over all offsets, or a range.
 NO_OFFSETS, PREFIX, RANGE = 0, 1, 2
 _NO_OFFSETS, _PREFIX, _RANGE = (tl.constexpr(k) for k in (NO_OFFSETS, PREFIX, RANGE))
@@ -102,10 +107,10 @@ _NO_BLOCKS, _BITS, _RECIPE = (tl.constexpr(k) for k in (NO_BLOCKS, BITS, RECIPE)
 @triton.jit
 def _tables(out, HEADS, NB, WIDTH, ITEMS):
     """Pointers to the tables of a build, one after the other in `out`, its one int32
-    buffer (``_table_starts`` finds them on the host): sizes (2, SIZES), counts (4, HEADS,
-    NB), index and tile (2, HEADS, NB, WIDTH) each, items (2, HEADS, ITEMS, 5), merges (2,
-    HEADS, MERGES, 3); the rows' then the columns' of each."""
-    counts = out + 2 * _SIZES
+    buffer (``_table_starts`` finds them on the host): sizes (2, SIZES) and the planner
+    count, counts (4, HEADS, NB), index and tile (2, HEADS, NB, WIDTH) each, items (2,
+    HEADS, ITEMS, 5), merges (2, HEADS, MERGES, 3); the rows' then the columns' of each."""
+    counts = out + _HEADER
     index = counts + 4 * HEADS * NB
     tile = index + 2 * HEADS * NB * WIDTH
     items = tile + 2 * HEADS * NB * WIDTH
@@ -329,13 +334,13 @@ def _classify_kernel(kinds, rank, out, offset_prefix, OFF_LO, OFF_HI, tokens, FI
     counts (4, HEADS, NB), in `out` (_tables): row count, row full count, column count,
     column full count; kinds (HEADS, NB, NB) int8; rank (HEADS, NB, NB) int32: the partial
     tiles of a row numbered 0, 1, ... from left to right. Program (0, 0, 0) also zeroes
-    sizes, where the lists kernel's planner adds up.
+    the sizes, where the lists kernel's planner adds up, and its count of programs done.
     """
     b, h, column = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    sizes, counts = out, out + 2 * _SIZES
+    sizes, counts = out, out + _HEADER
     if (b == 0) & (h == 0) & (column == 0):
         fields = tl.arange(0, 16)
-        tl.store(sizes + fields, 0, mask=fields < 2 * _SIZES)
+        tl.store(sizes + fields, 0, mask=fields < _HEADER)
     other = tl.arange(0, BLOCK_NB)  # the blocks across this row (or down this column)
     ok = other < NB
     # Lanes past NB ask about a real block, so that every load stays in bounds; their
@@ -477,16 +482,28 @@ def _plan_lists(items, merges, sizes, list_count, list_full, NB, ITEMS, MERGES, 
 
 
 @triton.jit
-def _plan_group(h, column, out, NB, HEADS, WIDTH, ITEMS, MERGES, MAX_TILES,
+def _plan_group(h, column, out, host_sizes, NB, HEADS, WIDTH, ITEMS, MERGES, MAX_TILES,
                 BLOCK_NB: tl.constexpr):  # fmt: skip
     """Plan the work on head h's row lists (column == 0) or on its column lists, from the
-    counts in `out` (_tables) as _classify_kernel writes them."""
+    counts in `out` (_tables) as _classify_kernel writes them.
+
+    The last of the 2 * HEADS planner programs to finish copies the sizes they added up
+    to `host_sizes` (2, SIZES): host memory that the GPU writes to directly (pinned), so
+    the host needs no copy of its own, only to wait for the kernel.
+    """
     sizes, counts, _, _, items, merges = _tables(out, HEADS, NB, WIDTH, ITEMS)
     group = column * HEADS + h
     _plan_lists(items + group * ITEMS * 5, merges + group * MERGES * 3, sizes + column * _SIZES,
                 _counts_of(counts, _ROW + 2 * column, h, HEADS, NB),
                 _counts_of(counts, _ROW_FULL + 2 * column, h, HEADS, NB), NB, ITEMS, MERGES,
                 MAX_TILES, BLOCK_NB)  # fmt: skip
+    tl.debug_barrier()  # every thread's additions come before this program says it is done
+    done = tl.atomic_add(sizes + _PLANNED, 1, sem="acq_rel")  # acquire: sees theirs too
+    if done == 2 * HEADS - 1:
+        fields = tl.arange(0, 16)
+        wanted = fields < 2 * _SIZES
+        totals = tl.atomic_add(sizes + fields, 0, mask=wanted, sem="relaxed")  # read in L2
+        tl.store(host_sizes + fields, totals, mask=wanted)
 
 
 @triton.jit
@@ -559,17 +576,19 @@ def _write_list(b, h, column, kinds, rank, counts, index, tile, width, masks, MA
 
 
 @_unspecialized_jit
-def _lists_kernel(kinds, rank, out, masks, offset_prefix, OFF_LO, OFF_HI, tokens, FIRST_TOKEN,
-                  NUM_TOKENS, N, NB, HEADS, BS, WIDTH, MASK_TILES, ITEMS, MERGES, MAX_TILES,
+def _lists_kernel(kinds, rank, out, host_sizes, masks, offset_prefix, OFF_LO, OFF_HI, tokens,
+                  FIRST_TOKEN, NUM_TOKENS, N, NB, HEADS, BS, WIDTH, MASK_TILES, ITEMS, MERGES,
+                  MAX_TILES,
                   BLOCK_NB: tl.constexpr, BLOCK_BS: tl.constexpr, TOKEN_STEPS: tl.constexpr,
                   OFFSETS: tl.constexpr, TOKENS: tl.constexpr):  # fmt: skip
     """Program (0, h, 0) plans the work on head h's rows, (0, h, 1) on its columns: first,
     as they take longest. Program (b > 0, h, 0) writes row b - 1's list of head h, (b > 0,
-    h, 1) column b - 1's, into `out` (_tables); masks (MASK_TILES, BS, BS) uint8.
+    h, 1) column b - 1's, into `out` (_tables); masks (MASK_TILES, BS, BS) uint8. The
+    planner's sizes go to `host_sizes` too (_plan_group).
     """
     b, h, column = tl.program_id(0) - 1, tl.program_id(1), tl.program_id(2)
     if b < 0:
-        _plan_group(h, column, out, NB, HEADS, WIDTH, ITEMS, MERGES, MAX_TILES,
+        _plan_group(h, column, out, host_sizes, NB, HEADS, WIDTH, ITEMS, MERGES, MAX_TILES,
                     BLOCK_NB)  # fmt: skip
     else:
         _, counts, index, tile, _, _ = _tables(out, HEADS, NB, WIDTH, ITEMS)
@@ -580,11 +599,12 @@ def _lists_kernel(kinds, rank, out, masks, offset_prefix, OFF_LO, OFF_HI, tokens
 
 
 @_unspecialized_jit
-def _plan_kernel(out, NB, HEADS, ITEMS, MERGES, MAX_TILES, BLOCK_NB: tl.constexpr):
+def _plan_kernel(out, host_sizes, NB, HEADS, ITEMS, MERGES, MAX_TILES,
+                 BLOCK_NB: tl.constexpr):  # fmt: skip
     """The planner alone, for a layout built by layout.py: program (0, h, 0) plans head
     h's rows, (0, h, 1) its columns, from the counts in `out` (_tables, no lists)."""
-    _plan_group(tl.program_id(1), tl.program_id(2), out, NB, HEADS, 0, ITEMS, MERGES,
-                MAX_TILES, BLOCK_NB)  # fmt: skip
+    _plan_group(tl.program_id(1), tl.program_id(2), out, host_sizes, NB, HEADS, 0, ITEMS,
+                MERGES, MAX_TILES, BLOCK_NB)  # fmt: skip
 
 
 # ---- host side ------------------------------------------------------------------------
@@ -715,7 +735,7 @@ def _room_needed(sizes: list) -> _Room:
 
 class _Starts(NamedTuple):
     """Where each table of a build starts in `out`, its one int32 buffer, and where `out`
-    ends: the host's copy of _tables. sizes start at 0."""
+    ends: the host's copy of _tables. The sizes start at 0."""
 
     counts: int
     index: int
@@ -726,7 +746,7 @@ class _Starts(NamedTuple):
 
 
 def _table_starts(heads: int, nb: int, room: _Room) -> _Starts:
-    counts = 2 * SIZES
+    counts = HEADER
     index = counts + 4 * heads * nb
     tile = index + 2 * heads * nb * room.width
     items = tile + 2 * heads * nb * room.width
@@ -737,25 +757,48 @@ def _table_starts(heads: int, nb: int, room: _Room) -> _Starts:
 # The tensors a build returns are views of `out`, each made by one as_strided call from
 # numbers the host has: indexing (out[0, :, :k]) costs the host two or three calls, and
 # on the H200 machine the views of the first version of this build took longer than the
-# kernels' launches.
+# kernels' launches. The work lists are no views at all: the attention kernels read them
+# at offsets (triton_kernels.WorkList).
 
 
-def _read_sizes(out: torch.Tensor) -> list:
-    """The planner's sizes, [rows', columns'], copied to the host: a build's one wait."""
-    return out.as_strided((2, SIZES), (SIZES, 1)).tolist()
+_HOST_SIZES: dict[tuple, tuple[torch.Tensor, np.ndarray]] = {}
+
+
+def _host_sizes(device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """Where the planner leaves its sizes for the host: (2, SIZES) int32 in host memory,
+    pinned on a GPU (the GPU writes it directly), and a NumPy view of it; one per device
+    and thread, made once. Set to -1 here: the planner overwrites every size."""
+    key = (device, threading.get_ident())
+    if key not in _HOST_SIZES:
+        buffer = torch.empty(2, SIZES, dtype=torch.int32, pin_memory=device.type == "cuda")
+        _HOST_SIZES[key] = (buffer, buffer.numpy())
+    buffer, view = _HOST_SIZES[key]
+    view.fill(-1)
+    return buffer, view
+
+
+def _read_sizes(device: torch.device, view: np.ndarray) -> list:
+    """The planner's sizes, [rows', columns']: a build's one wait, for the kernels."""
+    if device.type == "cuda":
+        torch.cuda.current_stream().synchronize()  # the stream _launch launched on
+    sizes = view.tolist()
+    if sizes[0][PIECES] < 1:  # every list has a piece: -1 means no planner wrote them
+        raise RuntimeError(f"the index build's planner reported no sizes: {sizes}")
+    return sizes
 
 
 def _work_lists(out: torch.Tensor, at: _Starts, room: _Room, heads: int, sizes: list) -> tuple:
-    """triton_kernels.WorkList of the rows and of the columns: the planner's tables in
-    `out`, cut to the sizes it read back."""
-    works = []
-    for side, size in enumerate(sizes):
-        items = out.as_strided((heads, size[PIECES], 5), (room.items * 5, 5, 1),
-                               at.items + side * heads * room.items * 5)  # fmt: skip
-        merges = out.as_strided((heads, size[CUT_LISTS], 3), (room.merges * 3, 3, 1),
-                                at.merges + side * heads * room.merges * 3)  # fmt: skip
-        works.append(_setup.WorkList(items, merges, max(size[CUT_PIECES], 1)))
-    return tuple(works)
+    """triton_kernels.WorkList of the rows and of the columns: where the planner's tables
+    lie in `out`, with the sizes it read back."""
+    item_stride, merge_stride = room.items * 5, room.merges * 3
+    rows, cols = sizes
+    return (
+        _setup.WorkList(out, heads, at.items, item_stride, rows[PIECES], at.merges,
+                        merge_stride, rows[CUT_LISTS], max(rows[CUT_PIECES], 1)),
+        _setup.WorkList(out, heads, at.items + heads * item_stride, item_stride, cols[PIECES],
+                        at.merges + heads * merge_stride, merge_stride, cols[CUT_LISTS],
+                        max(cols[CUT_PIECES], 1)),
+    )  # fmt: skip
 
 
 def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
@@ -763,18 +806,20 @@ def plan_work(host_counts: torch.Tensor, max_tiles: int, device) -> tuple:
     layout's counts (4, H', nb) on the host (any layout, ``layout.py``'s too):
     ``_plan_lists`` run as a kernel of its own on `device`."""
     _, heads, nb = host_counts.shape
+    device = torch.device(device)
     max_tiles = _pieces_of_at_most(max_tiles, nb)
     pieces = -(-max(int(host_counts.max()), 1) // max_tiles)  # the most a list is cut in
     room = _Room(0, 0, nb * pieces, nb if pieces > 1 else 0)  # no lists, only work
     at = _table_starts(heads, nb, room)
     out = torch.empty(at.end, dtype=torch.int32, device=device)
-    sizes_then_counts = torch.cat([host_counts.new_zeros(2 * SIZES), host_counts.flatten()])
-    out[: at.index].copy_(sizes_then_counts)
+    header_then_counts = torch.cat([host_counts.new_zeros(HEADER), host_counts.flatten()])
+    out[: at.index].copy_(header_then_counts)
+    host_sizes, view = _host_sizes(device)
     _launch(
-        _plan_kernel, (1, heads, 2), out, nb, heads, room.items, room.merges, max_tiles,
-        BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
+        _plan_kernel, (1, heads, 2), out, host_sizes, nb, heads, room.items, room.merges,
+        max_tiles, BLOCK_NB=max(16, _setup._next_power_of_2(nb)),
     )  # fmt: skip
-    return _work_lists(out, at, room, heads, _read_sizes(out))
+    return _work_lists(out, at, room, heads, _read_sizes(device, view))
 
 
 def build_from_parts(
@@ -788,7 +833,7 @@ def build_from_parts(
     run, or a flat tile index would not fit in int32.
     """
     block_size = _check_positive_int("block_size", block_size)
-    device = torch.device(device)
+    device = device if isinstance(device, torch.device) else torch.device(device)
     parts = pattern.parts()
     blocks = parts.blocks if parts is not None else None
     if parts is None or (blocks is not None and blocks.block_size != block_size):
@@ -820,7 +865,7 @@ def build_from_parts(
     if blocks is not None and blocks.recipe is not None:  # (H', nb, random blocks) int32
         block_mode, recipe = RECIPE, blocks.recipe
         if recipe.random.numel():
-            block_data = recipe.random.to(device)
+            block_data = recipe.random.to(device, non_blocking=True)  # host memory: staged
     elif blocks is not None:  # (H', nb, ceil(nb / 8)) bytes
         block_mode, block_data = BITS, _block_bits(blocks.layout, device)
     part_args = (offset_prefix, lo, hi, tokens, first_token, len(parts.tokens))
@@ -844,12 +889,13 @@ def build_from_parts(
             recipe.band, recipe.global_blocks, n, nb, heads, bs, BLOCK_BS=block_bs,
             BLOCK_NB=block_nb, BLOCKS=block_mode, RANDOM=recipe.random.shape[-1], **flags,
         )  # fmt: skip
+        host_sizes, view = _host_sizes(device)
         _launch(
-            _lists_kernel, (nb + 1, heads, 2), kinds, rank, out, masks, *part_args, n, nb,
-            heads, bs, room.width, room.partial_tiles, room.items, room.merges, max_tiles,
-            BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
+            _lists_kernel, (nb + 1, heads, 2), kinds, rank, out, host_sizes, masks, *part_args,
+            n, nb, heads, bs, room.width, room.partial_tiles, room.items, room.merges,
+            max_tiles, BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
         )  # fmt: skip
-        return kinds, out, masks, _read_sizes(out)
+        return kinds, out, masks, _read_sizes(device, view)
 
     room = _room_from_parts(parts, n, bs, heads, max_tiles)
     at = _table_starts(heads, nb, room)
@@ -857,7 +903,7 @@ def build_from_parts(
         return None
     kinds, out, masks, sizes = run(room, at)
     needed = _room_needed(sizes)
-    if any(need > had for need, had in zip(needed, room, strict=True)):
+    if any(map(operator.gt, needed, room)):
         # The bounds fell short (only partial tiles can, which live outside `out`): again,
         # with the room it needs.
         room, at = needed, _table_starts(heads, nb, needed)

@@ -42,7 +42,7 @@ ATTENTION_TYPES = {
     **dict.fromkeys(("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV", "Dst"), "*bf16"),
     **dict.fromkeys(("LSE", "Delta", "OPart", "LSEPart", "DKPart", "DVPart", "DQPart", "Part"),
                     "*fp32"),
-    **dict.fromkeys(("items", "index", "tile", "merges"), "*i32"),
+    **dict.fromkeys(("tables", "index", "tile"), "*i32"),
     "masks": "*u8", "scale": "fp32", "qk_scale": "fp32",
 }  # fmt: skip
 
@@ -96,7 +96,7 @@ def main() -> int:
                 try:
                     compile_with(fn, arg_type, known, ones)
                 except Exception as error:  # noqa: BLE001 -- say which variant, then stop
-                    print(f"FAILED {fn.__name__} {known} ones={ones}: {error}")
+                    print(f"FAILED {fn.__name__} {known} ones={ones}: {error} {error.__cause__!r}")
                     return 1
                 print(f"ok {fn.__name__} ones={ones}", flush=True)
     return 0
