@@ -875,8 +875,9 @@ def build_from_parts(
 
     def run(room: _Room, at: _Starts) -> tuple:
         """Both kernels, back to back, writing within `room` (its tables in `out` as `at`
-        says); then the one wait for the device: the planner's sizes. Returns the tensors
-        and those sizes."""
+        says); while they run, the views of what they write, at the room's sizes; then the
+        one wait for the device: the planner's sizes. Returns the tensors, the views and
+        those sizes."""
         kinds = torch.empty(heads, nb, nb, dtype=torch.int8, device=device)
         rank = torch.empty(heads, nb, nb, dtype=torch.int32, device=device)  # scratch
         out = torch.empty(at.end, dtype=torch.int32, device=device)
@@ -895,35 +896,38 @@ def build_from_parts(
             n, nb, heads, bs, room.width, room.partial_tiles, room.items, room.merges,
             max_tiles, BLOCK_NB=block_nb, BLOCK_BS=block_bs, **flags,
         )  # fmt: skip
-        return kinds, out, masks, _read_sizes(device, view)
+        # The host would otherwise wait idle. The lists take the room's width: Longformer's
+        # and BigBird's global rows and columns fill it, other patterns' are cut after.
+        width, side = room.width, heads * nb * room.width  # the columns' lists follow the rows'
+        starts = (at.index, at.tile, at.index + side, at.tile + side)
+        lists = [out.as_strided((heads, nb, width), (nb * width, width, 1), s) for s in starts]
+        counts = out.as_strided((4, heads, nb), (heads * nb, nb, 1), at.counts)
+        return kinds, out, masks, counts, lists, _read_sizes(device, view)
 
     room = _room_from_parts(parts, n, bs, heads, max_tiles)
     at = _table_starts(heads, nb, room)
     if at.end >= 2**31:  # the kernels index `out` with int32
         return None
-    kinds, out, masks, sizes = run(room, at)
+    kinds, out, masks, counts, lists, sizes = run(room, at)
     needed = _room_needed(sizes)
     if any(map(operator.gt, needed, room)):
         # The bounds fell short (only partial tiles can, which live outside `out`): again,
         # with the room it needs.
         room, at = needed, _table_starts(heads, nb, needed)
-        kinds, out, masks, sizes = run(room, at)
+        kinds, out, masks, counts, lists, sizes = run(room, at)
 
-    per_side, width = heads * nb * room.width, room.width  # the columns' lists follow the rows'
-
-    def lists(start: int, length: int) -> torch.Tensor:  # (H', nb, length) of (H', nb, width)
-        return out.as_strided((heads, nb, length), (nb * width, width, 1), start)
-
+    row_index, row_tile, col_index, col_tile = lists  # (H', nb, width) each
     rows, cols = sizes
     max_row, max_col = max(rows[LONGEST], 1), max(cols[LONGEST], 1)
+    if max_row < room.width:  # no row list fills the room
+        row_index, row_tile = row_index[..., :max_row], row_tile[..., :max_row]
+    if max_col < room.width:
+        col_index, col_tile = col_index[..., :max_col], col_tile[..., :max_col]
     if needed.partial_tiles:
         masks = masks[: needed.partial_tiles]
         tile_masks = masks.view(torch.bool)
     else:
         tile_masks, masks = _no_tiles(device, bs)
-    layout = BlockSparseLayout(
-        n, bs, nb, kinds, out.as_strided((4, heads, nb), (heads * nb, nb, 1), at.counts),
-        lists(at.index, max_row), lists(at.tile, max_row), lists(at.index + per_side, max_col),
-        lists(at.tile + per_side, max_col), tile_masks, rows[ENTRIES],
-    )  # fmt: skip
+    layout = BlockSparseLayout(n, bs, nb, kinds, counts, row_index, row_tile, col_index,
+                               col_tile, tile_masks, rows[ENTRIES])  # fmt: skip
     return (layout, *_work_lists(out, at, room, heads, sizes), masks)
