@@ -45,10 +45,11 @@ The kernels (each program owns one row of tiles, or one column):
 The host launches both without waiting in between. It bounds from the parts alone how
 long a list can be and how many partial tiles there can be (``_room_from_parts``; exact
 for Longformer's and BigBird's lists, since their global rows list every block),
-allocates that much, and then waits once, for the planner's dozen sizes, to cut every
-tensor to its true size. (Timed statement by statement, waiting for the counts between
-the kernels and sizing from them had been a quarter of the build; on that host the whole
-build then took about the same, its speed swinging more than that from round to round.)
+allocates that much, makes its views of the tables while the kernels run, and then waits
+once, for the planner's dozen sizes, to cut every tensor to its true size. The last
+planner program writes those sizes straight into pinned host memory, so the wait is for
+the kernels alone, with no copy behind them. (Timed statement by statement, waiting for
+the counts between the kernels and sizing from them had been a quarter of the build.)
 
 Patterns without parts get their layout from ``layout.py`` and their work from
 ``plan_work``, which runs the same planner as a kernel of its own.
